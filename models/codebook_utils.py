@@ -1,0 +1,120 @@
+"""Small pure helpers shared by every codebook: statistics, EMA, dead-code restart.
+
+Every quantizer uses these, so perplexity and usage mean the same thing for all
+model families, and EMA statistics stay identical across DDP ranks.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+
+
+def code_histogram(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Counts of each code in ``indices`` (any shape), float32, length ``vocab_size``."""
+    return torch.bincount(indices.reshape(-1).long(), minlength=vocab_size).float()
+
+
+def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of a code histogram: 1 when one code is used, V when all are used evenly."""
+    probs = counts.float() / counts.sum().clamp_min(1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
+    return torch.exp(entropy)
+
+
+def perplexity_from_indices(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    return perplexity_from_counts(code_histogram(indices, vocab_size))
+
+
+def usage_from_counts(counts: torch.Tensor) -> float:
+    """Fraction of codes used at least once."""
+    return float((counts > 0).float().mean())
+
+
+def l2_distances(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(N, V)`` between vectors ``(N, D)`` and codes ``(V, D)``."""
+    return (
+        flat.pow(2).sum(1, keepdim=True)
+        - 2 * flat @ codebook.t()
+        + codebook.pow(2).sum(1)[None, :]
+    )
+
+
+def flatten_channels_last(z: torch.Tensor) -> torch.Tensor:
+    """``(B, D, H, W) -> (B*H*W, D)``."""
+    return rearrange(z, "b d h w -> (b h w) d")
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place mean over DDP ranks (no-op in a single process).
+
+    Codebook statistics updated in the forward pass must be averaged across ranks or
+    each rank drifts to a different codebook.
+    """
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if is_distributed():
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def ema_inplace(moving_avg: torch.Tensor, new: torch.Tensor, decay: float) -> None:
+    moving_avg.data.mul_(decay).add_(new, alpha=1 - decay)
+
+
+def laplace_smoothing(counts: torch.Tensor, n_categories: int, eps: float = 1e-5) -> torch.Tensor:
+    """Smoothed cluster sizes that keep the same total and never reach zero."""
+    total = counts.sum()
+    return (counts + eps) / (total + n_categories * eps) * total
+
+
+def sample_vectors(samples: torch.Tensor, num: int) -> torch.Tensor:
+    """``num`` rows of ``samples``, with replacement only when there are too few."""
+    n = samples.shape[0]
+    if n >= num:
+        idx = torch.randperm(n, device=samples.device)[:num]
+    else:
+        idx = torch.randint(0, n, (num,), device=samples.device)
+    return samples[idx]
+
+
+@torch.no_grad()
+def restart_dead_codes(
+    codebook: torch.Tensor,
+    usage: torch.Tensor,
+    encoder_outputs: torch.Tensor,
+    threshold: float,
+) -> int:
+    """Replace codes whose running ``usage`` is below ``threshold`` with encoder outputs.
+
+    ``codebook`` ``(V, D)`` is written in place; ``encoder_outputs`` ``(N, D)`` come
+    from the current batch. The replacement vectors are drawn on rank 0 and broadcast
+    so every DDP rank keeps the same codebook. Returns the number of restarted codes.
+    """
+    dead = usage < threshold
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return 0
+    replacements = sample_vectors(encoder_outputs.detach().to(codebook.dtype), n_dead)
+    broadcast_(replacements)
+    codebook[dead] = replacements
+    return n_dead
+
+
+def one_hot_counts(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``(N,) -> (N, V)`` float one-hot encodings."""
+    return F.one_hot(indices.reshape(-1).long(), vocab_size).float()

@@ -1,0 +1,211 @@
+"""The configuration file, read once into typed, validated objects.
+
+The JSON keeps the design document's shape (``model_type``, ``use_images``,
+``scaling_rates``, ``model_args``, ``data_args``, ``train_args``, ``data_process``,
+``use_wandb``, ``project_name``). ``model_args`` is checked by the chosen model
+family's own ``args_class``, so each family's names are validated too.
+"""
+import json
+import os
+from typing import Any, Literal, Optional, Union
+
+import attrs
+
+from train.config_schema import (
+    ConfigError,
+    Invalid,
+    check,
+    non_negative,
+    open_unit,
+    positive,
+    require,
+    structure,
+)
+
+AutoBool = Union[bool, Literal["auto"]]
+
+
+@attrs.frozen
+class DataProcess:
+    """Where the clips (or images) are: a folder, a list of folders/files, or ``builtin:train``."""
+
+    __config_aliases__ = {"valid": "vaild"}  # the seed spells it 'vaild'; accept both
+
+    train: Union[str, list[str]]
+    vaild: Optional[Union[str, list[str]]] = None
+
+
+@attrs.frozen
+class DataArgs:
+    batch_size: int = attrs.field(default=2, validator=positive)
+    num_threads: int = attrs.field(default=0, validator=non_negative)  # DataLoader workers
+    device_id: int = attrs.field(default=0, validator=non_negative)
+    training_data_files: list[str] = attrs.field(factory=list)
+    validation_data_files: list[str] = attrs.field(factory=list)
+    seed: int = 2025
+    sequence_length: int = attrs.field(default=8, validator=positive)
+    # Default to this process's rank / world size (torchrun), else 0 / 1.
+    shard_id: Optional[int] = attrs.field(default=None, validator=non_negative)
+    num_shards: Optional[int] = attrs.field(default=None, validator=positive)
+    # Frames the loader keeps decoded per worker (at training resolution) to cut clips from.
+    initial_prefetch_size: int = attrs.field(default=1024, validator=positive)
+    # (height, width) every frame is resized to on read; an int means square.
+    resolution: Union[int, list[int]] = attrs.field(default=64)
+    prefetch_factor: int = attrs.field(default=2, validator=positive)
+    persistent_workers: bool = True
+    pin_memory: AutoBool = "auto"
+
+    def __attrs_post_init__(self):
+        size = self.resolution
+        ok = (isinstance(size, int) and size > 0) or (
+            isinstance(size, list) and len(size) == 2 and all(v > 0 for v in size)
+        )
+        require(ok, f"resolution = {size!r}: expected a positive int or [height, width]")
+        if self.shard_id is not None and self.num_shards is not None:
+            require(
+                self.shard_id < self.num_shards,
+                f"shard_id = {self.shard_id}: expected < num_shards ({self.num_shards})",
+            )
+
+    @property
+    def frame_size(self) -> tuple:
+        """(height, width)."""
+        if isinstance(self.resolution, int):
+            return (self.resolution, self.resolution)
+        return tuple(self.resolution)
+
+
+@attrs.frozen
+class TrainArgs:
+    num_steps: int = attrs.field(default=100000, validator=positive)
+    lr: float = attrs.field(default=1e-4, validator=positive)
+    lr_decay: float = attrs.field(default=0.99, validator=check(lambda v: 0 < v <= 1, "a value in (0, 1]"))
+    lr_decay_interval: int = attrs.field(default=1000, validator=positive)
+    folder_name: str = "runs"
+    run_name: Optional[str] = None  # default: the config file's name
+    checkpoint_path: Optional[str] = None  # resume from this file
+    resume: Optional[Literal["auto"]] = None  # "auto": newest good checkpoint of the run folder
+    init_from: Optional[str] = None  # model weights only (e.g. an upstream release)
+    allow_unsafe_load: bool = False  # permit full unpickling of foreign checkpoints
+    device: str = "auto"
+    save_interval: int = attrs.field(default=10000, validator=positive)
+    keep_last: int = attrs.field(default=3, validator=positive)
+    validation_interval: int = attrs.field(default=1000, validator=positive)
+    val_max_images: int = attrs.field(default=10000, validator=positive)
+    log_interval: int = attrs.field(default=100, validator=positive)
+    wandb_log_interval: int = attrs.field(default=100, validator=positive)
+    wandb_image_interval: int = attrs.field(default=1000, validator=positive)
+    wandb_dir: Optional[str] = None  # default: the run folder
+    progress_bar: AutoBool = "auto"
+    # losses
+    recon_loss: Literal["mse", "l1"] = "mse"
+    pixel_loss_factor: float = attrs.field(default=1.0, validator=non_negative)
+    perceptual_loss_factor: float = attrs.field(default=1.0, validator=non_negative)
+    use_perceptual: Optional[bool] = None  # default: on when use_gan is on
+    perceptual_backbone: Literal["vgg", "random"] = "vgg"
+    vgg_weights: Optional[str] = None  # local torchvision vgg16 weights file
+    lpips_weights: Optional[str] = None  # local LPIPS linear-layer weights file
+    use_gan: bool = False
+    disc_factor: float = attrs.field(default=1.0, validator=non_negative)
+    disc_start: int = attrs.field(default=20000, validator=non_negative)
+    disc_weight: float = attrs.field(default=1.0, validator=non_negative)
+    disc_interval: int = attrs.field(default=3, validator=positive)
+    disc_lr: float = attrs.field(default=1e-5, validator=positive)
+    disc_beta1: float = attrs.field(default=0.5, validator=open_unit)
+    disc_beta2: float = attrs.field(default=0.9, validator=open_unit)
+    disc_layers: int = attrs.field(default=3, validator=positive)
+    disc_ndf: int = attrs.field(default=64, validator=positive)
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    instance_noise: float = attrs.field(default=0.0, validator=non_negative)
+    # metrics
+    compute_fid: AutoBool = "auto"
+    compute_lpips: AutoBool = "auto"
+    fid_weights: Optional[str] = None  # local pytorch-fid Inception weights file
+    # speed and numerics
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: Optional[float] = attrs.field(default=None, validator=positive)
+    max_nonfinite_steps: int = attrs.field(default=10, validator=positive)
+    deterministic: bool = False
+    fit_prior: bool = True  # measure code frequencies at the end of training (for the codec)
+
+
+@attrs.frozen
+class Config:
+    model_type: str = "VqVae2"
+    use_images: bool = False
+    scaling_rates: Optional[list[int]] = None
+    model_args: Any = attrs.field(factory=dict)  # the family's args_class once loaded
+    data_args: DataArgs = attrs.field(factory=DataArgs)
+    train_args: TrainArgs = attrs.field(factory=TrainArgs)
+    data_process: Optional[DataProcess] = None
+    use_wandb: bool = False
+    project_name: str = "vqvc"
+    # not JSON keys: where it came from, and the raw data (saved in checkpoints)
+    _source: str = attrs.field(default="<dict>", alias="_source")
+    _raw: dict = attrs.field(factory=dict, alias="_raw")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def raw(self) -> dict:
+        return self._raw
+
+    @property
+    def run_name(self) -> str:
+        if self.train_args.run_name:
+            return self.train_args.run_name
+        stem = os.path.splitext(os.path.basename(self._source))[0]
+        return stem if self._source != "<dict>" else self.model_type
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.train_args.folder_name, self.run_name)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self._raw))
+
+
+def config_from_dict(data: Any, source: str = "<dict>") -> Config:
+    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``."""
+    from models.model_adapter import resolve_adapter  # late: models import this module
+
+    prefix = f"{source}: " if source != "<dict>" else ""
+    try:
+        top = structure(Config, _without_comments(data), "")
+        adapter = resolve_adapter(top.model_type)
+        model_args = structure(adapter.args_class, top.model_args, "model_args")
+        config = attrs.evolve(top, model_args=model_args, _source=source, _raw=data)
+        adapter.check_config(config)
+    except (ConfigError, Invalid) as err:
+        raise ConfigError(prefix + str(err)) from None
+    return config
+
+
+def _without_comments(data: Any) -> Any:
+    """Keys starting with '_' or '//' are comments (JSON has none of its own)."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(("_", "//")))}
+    return data
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the JSON file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from None
+    return config_from_dict(data, source=path)
+
+
+def get_train_args_from_config(config_path: str = "param.json") -> TrainArgs:
+    """The design document's accessor: the validated ``train_args`` of a config file."""
+    return load_config(config_path).train_args

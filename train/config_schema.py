@@ -1,0 +1,180 @@
+"""Turn plain JSON data into typed attrs objects, with errors that name the key.
+
+``structure(cls, data, path)`` checks unknown keys (suggesting the closest valid
+one), missing required keys, types (``int``, ``float``, ``bool``, ``str``, ``list[X]``,
+``Optional[X]``, ``Literal[...]``, ``Union``, nested attrs classes, ``dict``) and runs
+the attrs validators; anything wrong becomes one ``ConfigError`` line.
+"""
+import difflib
+import math
+import types
+import typing
+from typing import Any, Literal, Union
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt, of the wrong type or out of range."""
+
+
+class Invalid(ValueError):
+    """Raised by validators with a message that starts with the key relative to its
+    object (``"lr = -1: expected ..."``); ``structure`` prefixes the object's path."""
+
+
+_MISSING = object()
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if not args:
+            return "a list"
+        item = _describe(args[0])
+        return "a list of " + (item.split(" ", 1)[1] + "s" if item.startswith(("a ", "an ")) else item)
+    if origin is dict or tp is dict:
+        return "an object"
+    if attrs.has(tp):
+        return "an object"
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _fail(path: str, value: Any, expected: str) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"{path} = {shown}: expected {expected}")
+
+
+def convert(value: Any, tp: Any, path: str) -> Any:
+    """``value`` checked (and lightly converted) against type ``tp``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [m for m in typing.get_args(tp) if m is not type(None)]
+        if value is None and len(members) < len(typing.get_args(tp)):
+            return None
+        if len(members) == 1:  # Optional[X]: report X's own error
+            return convert(value, members[0], path)
+        for member in members:
+            try:
+                return convert(value, member, path)
+            except ConfigError:
+                continue
+        raise _fail(path, value, _describe(tp))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _fail(path, value, "null")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+        raise _fail(path, value, _describe(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _fail(path, value, "true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            return int(value)
+        raise _fail(path, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _fail(path, value, "a finite number")
+            return float(value)
+        raise _fail(path, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _fail(path, value, "a string")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _fail(path, value, _describe(tp))
+        (item_type,) = typing.get_args(tp)[:1] or (Any,)
+        return [convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(path, value, "an object")
+        if not all(isinstance(k, str) for k in value):
+            raise _fail(path, value, "an object with string keys")
+        return dict(value)
+    if attrs.has(tp):
+        return structure(tp, value, path)
+    raise TypeError(f"config_schema cannot check type {tp!r} at {path}")
+
+
+def closest_key(key: str, valid: list) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def structure(cls: type, data: Any, path: str) -> Any:
+    """Build attrs class ``cls`` from the JSON object ``data`` found at ``path``."""
+    if not isinstance(data, dict):
+        raise _fail(path, data, "an object")
+    fields = attrs.fields_dict(cls)
+    hints = typing.get_type_hints(cls)
+    aliases = getattr(cls, "__config_aliases__", {})
+    data = {aliases.get(k, k): v for k, v in data.items()}
+    public = [name for name, f in fields.items() if f.init and not name.startswith("_")]
+    for key in data:
+        if key not in public:
+            raise ConfigError(
+                f"{path}.{key}: unknown key{closest_key(key, public)}; valid keys: {', '.join(public)}"
+            )
+    kwargs = {}
+    for name in public:
+        field = fields[name]
+        value = data.get(name, _MISSING)
+        sub = f"{path}.{name}" if path else name
+        if value is _MISSING:
+            if field.default is attrs.NOTHING:
+                raise ConfigError(f"{sub}: required key is missing (expected {_describe(hints[name])})")
+            continue
+        kwargs[name] = convert(value, hints[name], sub)
+    try:
+        return cls(**kwargs)
+    except Invalid as err:
+        raise ConfigError(f"{path}.{err}" if path else str(err)) from None
+
+
+def check(predicate, expected: str):
+    """An attrs validator: ``predicate(value)`` must hold, else ``Invalid`` naming ``expected``."""
+
+    def validator(_instance, attribute, value):
+        if value is not None and not predicate(value):
+            raise Invalid(f"{attribute.name} = {value!r}: expected {expected}")
+
+    return validator
+
+
+positive = check(lambda v: v > 0, "a value > 0")
+non_negative = check(lambda v: v >= 0, "a value >= 0")
+unit_interval = check(lambda v: 0 <= v <= 1, "a value in [0, 1]")
+open_unit = check(lambda v: 0 <= v < 1, "a value in [0, 1)")
+
+
+def require(condition: bool, message: str) -> None:
+    """Cross-field checks in ``__attrs_post_init__``."""
+    if not condition:
+        raise Invalid(message)
