@@ -1,0 +1,160 @@
+"""vqvc launcher: train one config, or every task of a multitask folder on a GPU pool.
+
+    python main.py                                                 a menu asks what to run
+    python main.py --mode single --config param.json --device cpu  one training, in this process
+    python main.py --mode multi --dir multitask [--dry-run]        every task JSON of the folder
+
+Multitask mode reads the folder's config.json (GPUs, tasks per GPU, CPU concurrency,
+task files, retries, log folder), runs each task in its own process with its GPU in
+CUDA_VISIBLE_DEVICES, and ends with a summary table (also written as summary.json
+beside the task logs). Ctrl-C asks every task to save a checkpoint and stop.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(ROOT, "param.json")
+DEFAULT_TASK_DIR = os.path.join(ROOT, "multitask")
+EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+
+log = logging.getLogger("vqvc")
+
+
+def say(text: str) -> None:
+    """Launcher dialogue and tables go to stdout; progress goes through logging."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def ask(question: str, choices: dict, default: str) -> str:
+    """Ask until the answer is a key of ``choices`` or one of its labels; Enter takes ``default``.
+
+    End of input raises ``EOFError``, which leaves the launcher cleanly.
+    """
+    for key, label in choices.items():
+        say(f"  {key}) {label}")
+    while True:
+        answer = input(f"{question} [{default}]: ").strip()
+        if not answer:
+            return default
+        for key, label in choices.items():
+            if answer.lower() in (key.lower(), str(label).lower()):
+                return key
+        say(f"'{answer}' is not a choice; choose one of: {', '.join(choices)}")
+
+
+def pick(question: str, options: list) -> str:
+    """One of ``options`` by number (or by name); the first is the default."""
+    numbered = {str(i): option for i, option in enumerate(options, 1)}
+    return numbered[ask(question, numbered, "1")]
+
+
+def config_files() -> list:
+    """``param.json`` first, then the other JSON files of the repository root and ``configs/``."""
+    found = sorted(glob.glob(os.path.join(ROOT, "*.json"))) + sorted(glob.glob(os.path.join(ROOT, "configs", "*.json")))
+    found.sort(key=lambda path: path != DEFAULT_CONFIG)  # stable: only moves param.json to the front
+    return [os.path.relpath(path) for path in found]
+
+
+def device_choices() -> list:
+    from multitask.devices import visible_gpus  # late: asks torch
+
+    return ["auto", "cpu"] + [f"cuda:{i}" for i in range(len(visible_gpus()))]
+
+
+def train_single(config_path: str, device) -> int:
+    """Train one config in this process, exactly as ``train/train_custom_videos.py`` does; its exit code.
+
+    ``device`` None keeps the config's ``train_args.device``. The trainer saves a checkpoint on Ctrl-C.
+    """
+    from train.train_custom_videos import main as train_main  # late: imports torch and every model
+
+    return train_main(["--config", config_path] + (["--device", device] if device else []))
+
+
+def run_multi(folder: str, dry_run: bool = False, confirm: bool = False) -> int:
+    """Show the plan, then (unless ``dry_run``, or declined) run it and print the summary."""
+    from multitask.plan import make_plan, run_plan
+    from multitask.summary import format_table
+    from train.config_schema import ConfigError
+
+    try:
+        plan = make_plan(folder)
+    except ConfigError as err:
+        log.error("%s", err)
+        return EXIT_BAD_CONFIG
+    say(plan.describe())
+    if dry_run:
+        return 0
+    if not plan.runnable:
+        log.error("%s: no valid task to run", folder)
+        return EXIT_BAD_CONFIG
+    if confirm and ask(f"Start {len(plan.runnable)} task(s)?", {"y": "yes", "n": "no"}, "y") == "n":
+        return 0
+    rows = run_plan(plan)
+    say(format_table(rows))
+    say(f"summary written to {plan.summary_path}")
+    statuses = {row["status"] for row in rows}
+    if statuses & {"interrupted", "cancelled"}:
+        return EXIT_INTERRUPTED
+    return 0 if statuses == {"succeeded"} else 1
+
+
+def menu() -> int:
+    say("vqvc launcher")
+    mode = ask("Run", {"1": "single task", "2": "multitask", "q": "quit"}, "1")
+    if mode == "q":
+        return 0
+    if mode == "2":
+        return run_multi(os.path.relpath(DEFAULT_TASK_DIR), confirm=True)
+    configs = config_files()
+    if not configs:
+        log.error("no config JSON in %s or %s", ROOT, os.path.join(ROOT, "configs"))
+        return EXIT_BAD_CONFIG
+    config_path = pick("Config", configs)
+    device = pick("Device", device_choices())
+    return train_single(config_path, device)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--mode", choices=["single", "multi"], help="skip the menu: train one config, or a task folder")
+    parser.add_argument("--config", help="single: the config JSON (default: param.json)")
+    parser.add_argument("--device", help="single: auto, cpu or cuda:N (default: train_args.device of the config)")
+    parser.add_argument("--dir", help="multi: folder of task JSONs and config.json (default: multitask/)")
+    parser.add_argument("--dry-run", action="store_true", help="multi: show the tasks and GPU plan, start nothing")
+    args = parser.parse_args(argv)
+    if args.mode != "single" and (args.config or args.device):
+        parser.error("--config and --device go with --mode single")
+    if args.mode != "multi" and (args.dir or args.dry_run):
+        parser.error("--dir and --dry-run go with --mode multi")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.mode == "single":
+            return train_single(args.config or os.path.relpath(DEFAULT_CONFIG), args.device)
+        if args.mode == "multi":
+            return run_multi(args.dir or os.path.relpath(DEFAULT_TASK_DIR), dry_run=args.dry_run)
+        return menu()
+    except EOFError:  # input ended (Ctrl-D, or a script's stdin ran out): nothing more to do
+        say("")
+        return 0
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
