@@ -81,7 +81,7 @@ class StopRequest:
         return self.signum is not None
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, slots=False)
 class TrainVqVae:
     model: Any  # a BaseVqVaeAdapter
     training_loader: Any
@@ -131,6 +131,7 @@ class TrainVqVae:
             else:
                 self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
         if ckpt is None:
+            self._init_from()
             return
         check_compatible(ckpt, self.model, self.config.model_type, path)
         self.model.load_state_dict(ckpt["state_dict"])
@@ -149,6 +150,17 @@ class TrainVqVae:
         self.training_loader.seek(int(samples))
         self.last_checkpoint = path
         self.logger.info("resumed from %s at step %d", path, self.start_step)
+
+    def _init_from(self) -> None:
+        """Start from released weights (``train_args.init_from``), e.g. an official Taming checkpoint."""
+        if not self.args.init_from:
+            return
+        from models.taming.checkpoint_loading import load_upstream_weights
+
+        loaded = load_upstream_weights(self.model, self.args.init_from, loss_module=self.loss_calculator.loss_module,
+                                       allow_unsafe=self.args.allow_unsafe_load, logger=self.logger)
+        self.logger.info("initialised from %s: %d keys to the model, %d to the loss module",
+                         self.args.init_from, loaded.model_keys, loaded.loss_keys)
 
     # -- one step ---------------------------------------------------------------
     def _prepare(self, images: torch.Tensor) -> tuple:

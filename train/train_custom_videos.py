@@ -102,10 +102,6 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     model = create_model(config=config).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if args.init_from:
-        from models.weights import init_from_file
-
-        init_from_file(model, args.init_from, allow_unsafe=args.allow_unsafe_load, logger=log)
     data_args = config.data_args
     frame_shape = (data_args.sequence_length, 3, *data_args.frame_size)
     if ctx.is_main:
@@ -169,7 +165,6 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="param.json", help="config file (default: param.json)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda:N (default: the config's train_args.device)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(levelname)s - %(message)s")
     try:
         summary = train_videos(device_override=args.device, config_path=args.config)
     except (ConfigError, CheckpointError) as err:

@@ -1,0 +1,222 @@
+"""LogManager: the run's log file, ``metrics.jsonl``, reconstruction grids, and wandb.
+
+Everything lands on disk in the run folder whether or not wandb is on; wandb is an
+extra that may be missing, offline or failing without stopping the run.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from typing import Any, Callable, Optional
+from urllib.parse import urlparse
+
+import attrs
+import torch
+from einops import rearrange
+from torchvision.io import write_png
+
+LOGGER_NAME = "vqvc"
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+METRICS_FILE = "metrics.jsonl"
+WANDB_DEFAULT_HOST = "api.wandb.ai"
+WANDB_PROBE_SECONDS = 2.0
+WANDB_ID_MAX_LEN = 64
+
+
+class LogManager:
+    """Local logging plus optional wandb for one run (``is_main=False`` on DDP ranks > 0).
+
+    The handlers go on the root logger, so warnings from every module (data loading,
+    weights, ...) reach the same file; ``self.logger`` ('vqvc') also logs DEBUG there.
+    ``resume`` is the seed's argument: wandb always resumes a run of the same id
+    ("allow"), so a resumed training continues its curves.
+    """
+
+    def __init__(
+        self,
+        log_dir: str,
+        use_wandb: bool = False,
+        project_name: Optional[str] = None,
+        config: Any = None,
+        resume: bool = False,
+        id_name: str = "",
+        wandb_dir: Optional[str] = None,
+        is_main: bool = True,
+    ):
+        self.log_dir = log_dir
+        self.is_main = is_main
+        self.metrics_path = os.path.join(log_dir, METRICS_FILE)
+        self.log_file: Optional[str] = None
+        self._handlers: list = []
+        self._wandb = None
+        self.run_wandb = None
+        if is_main:
+            os.makedirs(log_dir, exist_ok=True)
+        self.logger = self._build_logger()
+        if is_main and use_wandb:
+            self._start_wandb(project_name, config, id_name, wandb_dir or log_dir)
+
+    # -- local logging ---------------------------------------------------------
+    def _build_logger(self) -> logging.Logger:
+        root = logging.getLogger()
+        if self.is_main and root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)  # let other modules' INFO lines through
+        formatter = logging.Formatter(LOG_FORMAT)
+        console = logging.StreamHandler()
+        console.setLevel(logging.INFO if self.is_main else logging.WARNING)
+        self._handlers.append(console)
+        if self.is_main:
+            stamp = time.strftime("%Y%m%d_%H%M%S")
+            self.log_file = os.path.join(self.log_dir, f"training_{stamp}.log")
+            file_handler = logging.FileHandler(self.log_file, encoding="utf-8")
+            file_handler.setLevel(logging.DEBUG)
+            self._handlers.append(file_handler)
+        for handler in self._handlers:
+            handler.setFormatter(formatter)
+            root.addHandler(handler)
+        logger = logging.getLogger(LOGGER_NAME)
+        logger.setLevel(logging.DEBUG if self.is_main else logging.WARNING)
+        return logger
+
+    def log_metrics(self, step: int, metrics: dict) -> None:
+        """Append ``{"step": step, **metrics}`` as one JSON line, and send it to wandb."""
+        if not self.is_main:
+            return
+        values = {key: _plain(value) for key, value in metrics.items()}
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": int(step), **values}) + "\n")
+        if self.run_wandb is not None:
+            self.run_wandb.log({k: v for k, v in values.items() if v is not None}, step=int(step))
+
+    def log_images(
+        self,
+        step: int,
+        images: torch.Tensor,
+        images_recon: torch.Tensor,
+        b: int,
+        d: int,
+        unnormalize: Callable[[torch.Tensor], torch.Tensor],
+        n_show: int = 4,
+    ) -> Optional[str]:
+        """Write originals (left) beside reconstructions (right) as a PNG; return its path.
+
+        Shows the first clip's first ``n_show`` frames (for images, the first
+        ``n_show`` images of the batch), one frame per row. ``b`` keeps the seed's
+        call; the layout needs only ``d``.
+        """
+        if not self.is_main:
+            return None
+        grid = reconstruction_grid(images, images_recon, d, unnormalize, n_show)
+        path = os.path.join(self.log_dir, "images", f"recon_step{int(step):07d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_png(grid, path)
+        if self.run_wandb is not None:
+            picture = self._wandb.Image(grid.permute(1, 2, 0).numpy(), caption="left: original, right: reconstruction")
+            self.run_wandb.log({"viz/recon-original": picture}, step=int(step))
+        return path
+
+    def close(self) -> None:
+        """Finish wandb, then detach this run's handlers (flushes the log file)."""
+        if self.run_wandb is not None:
+            self.run_wandb.finish()
+            self._wandb.teardown()  # stops wandb's service process once its files are written
+            self.run_wandb = None
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+            handler.close()
+        self._handlers = []
+
+    # -- wandb -------------------------------------------------------------------
+    def _start_wandb(self, project_name, config, id_name, wandb_dir) -> None:
+        try:
+            import wandb
+        except ImportError:
+            self.logger.warning("use_wandb is true but wandb is not installed: logging locally only")
+            return
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_reachable() else "offline")
+        os.makedirs(wandb_dir, exist_ok=True)
+        try:
+            self.run_wandb = wandb.init(
+                project=project_name,
+                job_type="train_model",
+                config=_config_dict(config),
+                id=id_name or None,
+                resume="allow",
+                dir=wandb_dir,
+                mode=mode,
+            )
+        except Exception as err:  # wandb raises many kinds; none of them may stop training
+            self.logger.warning("wandb failed to start (%s): logging locally only", " ".join(str(err).split()))
+            return
+        self._wandb = wandb
+        if mode == "offline":
+            self.logger.info("wandb is offline; to upload later run: wandb sync %s",
+                             os.path.dirname(self.run_wandb.dir))
+
+
+def reconstruction_grid(images, images_recon, d: int, unnormalize, n_show: int = 4) -> torch.Tensor:
+    """``(3, n*H, 2*W)`` uint8: originals stacked in the left column, reconstructions in the right."""
+    count = n_show if d == 1 else min(n_show, d)  # in (b d) order clip 0's frames come first
+    columns = [
+        rearrange(unnormalize(frames[:count].detach().float()).clamp(0, 1).cpu(), "n c h w -> c (n h) w")
+        for frames in (images, images_recon)
+    ]
+    return (torch.cat(columns, dim=2) * 255).round().to(torch.uint8)
+
+
+def _wandb_reachable(timeout: float = WANDB_PROBE_SECONDS) -> bool:
+    """Can wandb's server be reached? Probed in a thread: name resolution has no timeout of its own."""
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "")).hostname or WANDB_DEFAULT_HOST
+    reached = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reached)
+
+
+def _config_dict(config: Any) -> Optional[dict]:
+    if config is None or isinstance(config, dict):
+        return config
+    return config.to_dict()
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and numpy scalars as Python numbers (NaN stays NaN, as Python's json writes it)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def build_id_name(config) -> str:
+    """A deterministic, wandb-safe run id from the hyper-parameters (same config -> same id).
+
+    Readable key values first, then a short hash of all ``model_args`` so two
+    families with equal key values still differ.
+    """
+    args = attrs.asdict(config.model_args) if attrs.has(type(config.model_args)) else dict(config.model_args)
+    parts = [config.run_name] if config.run_name != config.model_type else []
+    parts.append(config.model_type)
+    for key, tag in (("vocab_size", "v"), ("n_init", "e"), ("n_hid", "h"), ("group_count", "g")):
+        if key in args:
+            parts.append(f"{tag}{args[key]}")
+    if config.scaling_rates:
+        parts.append("r" + "x".join(str(r) for r in config.scaling_rates))
+    parts += [
+        f"lr{config.train_args.lr:g}",
+        f"b{config.data_args.batch_size}",
+        f"s{config.data_args.sequence_length}",
+    ]
+    digest = hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(str(p) for p in parts))
+    return f"{name[: WANDB_ID_MAX_LEN - 7]}-{digest}"

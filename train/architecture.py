@@ -1,0 +1,109 @@
+"""A readable report of a model: where its parameters are, and how much it compresses.
+
+Written to the run folder at start-up, so a run's folder says what was trained.
+"""
+import logging
+import math
+import os
+
+from torch import nn
+
+
+def _count(tensors) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+def module_table(root: nn.Module, depth: int = 2) -> list:
+    """``(name, class, trainable, frozen, buffer elements)``: the whole model, then its top ``depth`` levels."""
+    rows = []
+    for name, module in root.named_modules():
+        if name.count(".") >= depth:
+            continue
+        params = list(module.parameters())
+        rows.append((
+            name or "(whole model)",
+            type(module).__name__,
+            _count(p for p in params if p.requires_grad),
+            _count(p for p in params if not p.requires_grad),
+            _count(module.buffers()),
+        ))
+    return rows
+
+
+def rate_summary(model, input_shape: tuple) -> dict:
+    """Latent shape per level, bits per frame, bits per pixel, compression against raw 8-bit frames.
+
+    ``input_shape`` is one clip ``(frames, C, H, W)``; each code costs ``log2(V)`` bits
+    before entropy coding, so this is the rate of the fixed-length code.
+    """
+    frames, channels, height, width = input_shape
+    shapes = model.latent_shapes(tuple(input_shape))
+    vocab_sizes = list(model.vocab_sizes)
+    bits = sum(math.prod(shape) * math.log2(vocab) for shape, vocab in zip(shapes, vocab_sizes))
+    bits_per_frame = bits / frames
+    return {
+        "latent_shapes": shapes,
+        "vocab_sizes": vocab_sizes,
+        "bits_per_frame": bits_per_frame,
+        "bits_per_pixel": bits_per_frame / (height * width),
+        "compression_ratio": height * width * channels * 8 / bits_per_frame,
+    }
+
+
+def analyze_model_architecture(model, input_shape: tuple, architecture_file: str, logger: logging.Logger) -> dict:
+    """Write the parameter table and the rate of ``model`` (an adapter) to ``architecture_file``.
+
+    Trainable parameters are what the optimizer updates; buffers (EMA codebook
+    statistics, BatchNorm running stats) are state, not parameters.
+    """
+    root = getattr(model, "model", model)  # an adapter's keys are its inner model's
+    params = list(model.parameters())
+    rows = module_table(root)
+    summary = {
+        "trainable_params": _count(p for p in params if p.requires_grad),
+        "frozen_params": _count(p for p in params if not p.requires_grad),
+        "buffer_elements": _count(model.buffers()),
+        "modules": {name: trainable + frozen for name, _, trainable, frozen, _ in rows},
+        **rate_summary(model, input_shape),
+    }
+    os.makedirs(os.path.dirname(architecture_file) or ".", exist_ok=True)
+    with open(architecture_file, "w", encoding="utf-8") as fh:
+        fh.write(_report(model, input_shape, summary, rows))
+    logger.info(
+        "model %s: %s trainable parameters, %s buffer elements, %.1f bits/frame (%.1fx vs raw 8-bit); see %s",
+        type(model).__name__, f"{summary['trainable_params']:,}", f"{summary['buffer_elements']:,}",
+        summary["bits_per_frame"], summary["compression_ratio"], architecture_file,
+    )
+    return summary
+
+
+def _report(model, input_shape, summary: dict, rows: list) -> str:
+    frames, channels, height, width = input_shape
+    labels = ["  " * name.count(".") + name for name, *_ in rows]
+    name_width = max([len("module")] + [len(label) for label in labels])
+    lines = [
+        f"Model: {type(model).__name__}",
+        f"Input clip: {frames} frames x {channels} x {height} x {width}",
+        "",
+        f"{'module':<{name_width}}  {'class':<24} {'trainable':>12} {'frozen':>10} {'buffers':>10}",
+    ]
+    for label, (_, cls, trainable, frozen, buffers) in zip(labels, rows):
+        lines.append(f"{label:<{name_width}}  {cls:<24} {trainable:>12,} {frozen:>10,} {buffers:>10,}")
+    lines += [
+        "",
+        f"Trainable parameters: {summary['trainable_params']:,}",
+        f"Frozen parameters:    {summary['frozen_params']:,}",
+        f"Buffer elements:      {summary['buffer_elements']:,}  (EMA statistics etc.; not trained by the optimizer)",
+        "",
+        "Latent codes per clip:",
+    ]
+    for level, (shape, vocab) in enumerate(zip(summary["latent_shapes"], summary["vocab_sizes"])):
+        lines.append(f"  level {level}: shape {tuple(shape)}, vocabulary {vocab} ({math.log2(vocab):.2f} bits/code)")
+    lines += [
+        f"Bits per frame:       {summary['bits_per_frame']:,.1f}",
+        f"Bits per pixel:       {summary['bits_per_pixel']:.4f}",
+        f"Compression ratio:    {summary['compression_ratio']:,.1f}x against raw 8-bit "
+        f"({height * width * channels * 8:,} bits per frame), before entropy coding",
+        "",
+    ]
+    return "\n".join(lines)
