@@ -1,0 +1,184 @@
+"""``model_type: TamingVQGAN`` / ``taming_vqgan`` / ``VQGAN`` / ``EMAVQ``: the JSON ``model_args`` and the adapter.
+
+``ddconfig`` and ``lossconfig`` are upstream's YAML sections under the same names (the
+``params`` of ``lossconfig``, flattened); the shared names ``vocab_size`` and ``n_init``
+become upstream's ``n_embed`` and ``embed_dim``. With the defaults, the model is the one
+of the official ``vqgan_imagenet_f16_1024`` release, whose checkpoint loads with strict keys.
+"""
+import math
+from typing import Literal, Optional
+
+import attrs
+import torch
+
+from models.adapter_base import BaseVqVaeAdapter, VQOutput
+from models.codebook_utils import perplexity_from_indices
+from models.taming.vqgan import EMAVQ, VQModel
+from models.taming.vqperceptual import VQLPIPSWithDiscriminator
+from train.config_schema import check, non_negative, open_unit, positive, require
+
+#: shared ``model_args`` name -> upstream constructor argument (written once, here)
+TRANSLATION = {"vocab_size": "n_embed", "n_init": "embed_dim"}
+
+_AT_LEAST_ONE = check(lambda v: len(v) >= 1 and all(m > 0 for m in v), "a non-empty list of positive integers")
+
+
+def default_num_groups(channel_counts: list) -> int:
+    """Upstream's 32 GroupNorm groups, or the largest count <= 32 that divides every width (tiny models)."""
+    common = math.gcd(*channel_counts)
+    return max(g for g in range(1, 33) if common % g == 0)
+
+
+@attrs.frozen
+class TamingDDConfig:
+    """Upstream's ``ddconfig`` (Encoder/Decoder), defaults of the f16 ImageNet releases."""
+
+    ch: int = attrs.field(default=128, validator=positive)
+    ch_mult: list[int] = attrs.field(factory=lambda: [1, 1, 2, 2, 4], validator=_AT_LEAST_ONE)
+    num_res_blocks: int = attrs.field(default=2, validator=positive)
+    attn_resolutions: list[int] = attrs.field(factory=lambda: [16])  # feature-map sizes that get self-attention
+    z_channels: int = attrs.field(default=256, validator=positive)
+    resolution: int = attrs.field(default=256, validator=positive)  # only places attention; any frame size works
+    in_channels: int = attrs.field(default=3, validator=positive)
+    out_ch: int = attrs.field(default=3, validator=positive)
+    dropout: float = attrs.field(default=0.0, validator=open_unit)
+    double_z: bool = False
+    # GroupNorm groups; null: 32 as upstream, fewer when the widths of a tiny model need it
+    num_groups: Optional[int] = attrs.field(default=None, validator=positive)
+
+    @property
+    def channel_counts(self) -> list:
+        return sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
+
+    @property
+    def groups(self) -> int:
+        return self.num_groups or default_num_groups(self.channel_counts)
+
+    def __attrs_post_init__(self):
+        require(all(c % self.groups == 0 for c in self.channel_counts),
+                f"num_groups = {self.num_groups}: expected a divisor of every width {self.channel_counts}")
+        require(self.in_channels == self.out_ch,
+                f"out_ch = {self.out_ch}: expected in_channels ({self.in_channels}), the reconstruction is compared with the input")
+
+    def as_upstream(self) -> dict:
+        """The keyword dict upstream's Encoder/Decoder take."""
+        fields = attrs.asdict(self)
+        fields["num_groups"] = self.groups
+        return fields
+
+
+@attrs.frozen
+class TamingLossConfig:
+    """Upstream's ``VQLPIPSWithDiscriminator`` arguments and defaults."""
+
+    disc_start: int = attrs.field(default=10000, validator=non_negative)  # upstream requires it; 10000 as in custom_vqgan.yaml
+    codebook_weight: float = attrs.field(default=1.0, validator=non_negative)
+    pixelloss_weight: float = attrs.field(default=1.0, validator=non_negative)
+    disc_num_layers: int = attrs.field(default=3, validator=positive)
+    disc_in_channels: int = attrs.field(default=3, validator=positive)
+    disc_factor: float = attrs.field(default=1.0, validator=non_negative)
+    disc_weight: float = attrs.field(default=1.0, validator=non_negative)
+    perceptual_weight: float = attrs.field(default=1.0, validator=non_negative)
+    use_actnorm: bool = False
+    # accepted so upstream sections paste unchanged; training passes no conditioning input
+    disc_conditional: bool = attrs.field(default=False, validator=check(lambda v: not v, "false (no conditioning input)"))
+    disc_ndf: int = attrs.field(default=64, validator=positive)
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+
+
+@attrs.frozen
+class TamingArgs:
+    """``model_args`` of the Taming family; the field names are the JSON keys."""
+
+    vocab_size: int = attrs.field(default=1024, validator=check(lambda v: v >= 2, "an integer >= 2"))  # n_embed
+    n_init: int = attrs.field(default=256, validator=positive)  # embed_dim, the code dimension
+    beta: float = attrs.field(default=0.25, validator=non_negative)
+    legacy: bool = True  # upstream's loss weighting (VQModel): commitment 1, codebook beta
+    decay: float = attrs.field(default=0.99, validator=open_unit)  # EMAVQ's codebook EMA
+    variant: Optional[Literal["VQModel", "EMAVQ"]] = None  # null: EMAVQ when model_type is EMAVQ
+    # restart codes used fewer times per batch (running average) than this; 0: never (upstream)
+    dead_code_threshold: float = attrs.field(default=0.0, validator=non_negative)
+    ddconfig: TamingDDConfig = attrs.field(factory=TamingDDConfig)
+    lossconfig: TamingLossConfig = attrs.field(factory=TamingLossConfig)
+
+    def __attrs_post_init__(self):
+        require(self.lossconfig.disc_in_channels == self.ddconfig.out_ch,
+                f"lossconfig.disc_in_channels = {self.lossconfig.disc_in_channels}: "
+                f"expected ddconfig.out_ch ({self.ddconfig.out_ch})")
+
+
+def resolve_variant(args: TamingArgs, model_type: Optional[str]) -> str:
+    return args.variant or ("EMAVQ" if model_type == "EMAVQ" else "VQModel")
+
+
+def build_model(args: TamingArgs, variant: str) -> VQModel:
+    """Upstream's ``VQModel`` or ``EMAVQ`` from ``model_args`` (translated by ``TRANSLATION``)."""
+    shared = {upstream: getattr(args, ours) for ours, upstream in TRANSLATION.items()}
+    common = dict(ddconfig=args.ddconfig.as_upstream(), beta=args.beta, dead_code_threshold=args.dead_code_threshold)
+    if variant == "EMAVQ":
+        return EMAVQ(**shared, **common, decay=args.decay)
+    return VQModel(**shared, **common, legacy=args.legacy)
+
+
+class TamingVQGANAdapter(BaseVqVaeAdapter):
+    """VQModel / EMAVQ behind the common interface; trained with the Taming two-optimizer loss."""
+
+    args_class = TamingArgs
+    uses_taming_loss = True
+
+    def __init__(self, args: TamingArgs, config=None):
+        super().__init__(args, config)
+        self.variant = resolve_variant(args, getattr(config, "model_type", None))
+        self.model = build_model(args, self.variant)
+
+    def forward(self, x: torch.Tensor) -> VQOutput:
+        quant, emb_loss, (_, _, indices) = self.model.encode(x)
+        recon = self.model.decode(quant)
+        return VQOutput(emb_loss, recon, perplexity_from_indices(indices, self.args.vocab_size), indices)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(N, h, w)``."""
+        return self.model.encode_to_indices(x)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.model.decode_code(indices)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.model.get_last_layer()
+
+    @property
+    def vocab_sizes(self) -> list:
+        return [self.args.vocab_size]
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.args.ddconfig.ch_mult) - 1)
+
+    @property
+    def output_channels(self) -> int:
+        return self.args.ddconfig.out_ch
+
+    def autoencoder_parameters(self) -> list:
+        """Encoder, decoder, codebook (unless EMA), quant convs: upstream's autoencoder optimizer."""
+        return self.model.autoencoder_parameters()
+
+    def build_loss(self, perceptual_backbone: str = "vgg", vgg_weights: Optional[str] = None,
+                   lpips_weights: Optional[str] = None) -> VQLPIPSWithDiscriminator:
+        """The ``lossconfig`` loss module; its LPIPS backbone from ``train_args`` (``'random'`` for tests)."""
+        return VQLPIPSWithDiscriminator(**attrs.asdict(self.args.lossconfig), perceptual_backbone=perceptual_backbone,
+                                        vgg_weights=vgg_weights, lpips_weights=lpips_weights)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        args = config.model_args
+        if config.model_type == "EMAVQ":
+            require(args.variant in (None, "EMAVQ"),
+                    f"model_args.variant = {args.variant!r}: expected 'EMAVQ' or null when model_type is 'EMAVQ'")
+        factor = 2 ** (len(args.ddconfig.ch_mult) - 1)
+        height, width = config.data_args.frame_size
+        require(height % factor == 0 and width % factor == 0,
+                f"data_args.resolution = {config.data_args.resolution!r}: expected height and width "
+                f"multiples of {factor} (2 ** (len(model_args.ddconfig.ch_mult) - 1))")
+        require(args.ddconfig.in_channels == 3,
+                f"model_args.ddconfig.in_channels = {args.ddconfig.in_channels}: expected 3 (frames are RGB)")

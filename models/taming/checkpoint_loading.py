@@ -1,0 +1,144 @@
+"""Load upstream taming-transformers weights: a Lightning ``.ckpt`` or a plain ``.pth`` state dict.
+
+Files are read with ``torch.load(weights_only=True)``, which runs no code from the file.
+Lightning checkpoints also pickle objects beside the weights (old ones key ``callbacks``
+by the ``ModelCheckpoint`` class itself, ``hyper_parameters`` may hold OmegaConf
+objects) that such a load refuses; their classes are read as inert placeholders instead,
+since only ``state_dict`` is used. Full unpickling happens only with ``allow_unsafe``.
+
+Keys under ``loss.`` belong to the loss module (``VQLPIPSWithDiscriminator``), the rest
+to the model; both must match exactly.
+"""
+import logging
+import pickle
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from train.config_schema import ConfigError
+
+module_logger = logging.getLogger(__name__)
+
+LOSS_PREFIX = "loss."
+_SHOWN = 5  # keys named in a mismatch message
+
+
+class LoadedWeights(NamedTuple):
+    model_keys: int
+    loss_keys: int
+    loss_state: dict  # the loss module's share, prefix stripped (for a loss module built later)
+
+
+class InertObject:
+    """Stands in for a non-weight class found in a checkpoint; accepts and ignores everything."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _foreign_globals(path: str) -> list:
+    """Classes/functions the file pickles that a weights-only load refuses ([] for the legacy format)."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except ValueError:  # not a zip checkpoint: the legacy format cannot be inspected
+        return []
+
+
+def _load(path: str, weights_only: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: checkpoint not found") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f"{path}: damaged or not a checkpoint ({_first_line(err)})") from None
+
+
+def read_checkpoint(path: str, allow_unsafe: bool = False, logger: Optional[logging.Logger] = None):
+    """The unpickled file, read without running code from it unless ``allow_unsafe``."""
+    log = logger or module_logger
+    try:
+        return _load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refusal = _first_line(err)
+    foreign = _foreign_globals(path)
+    if foreign:
+        try:
+            with torch.serialization.safe_globals([(InertObject, name) for name in foreign]):
+                ckpt = _load(path, weights_only=True)
+            log.info("%s: read %s as inert placeholders (metadata beside the weights; no code run)",
+                     path, ", ".join(foreign))
+            return ckpt
+        except pickle.UnpicklingError as err:
+            refusal = _first_line(err)
+    if not allow_unsafe:
+        raise ConfigError(
+            f"{path}: cannot be read without running pickled code ({refusal}); "
+            "if you trust the file set train_args.allow_unsafe_load = true"
+        )
+    log.warning("%s: reading with full unpickling, which can run code from the file (allow_unsafe_load is set)", path)
+    return _load(path, weights_only=False)
+
+
+def extract_state_dict(ckpt, path: str) -> dict:
+    """``ckpt['state_dict']`` if present (Lightning, vqvc), else ``ckpt`` itself; tensors only."""
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: expected a state dict, found {type(state).__name__}")
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ConfigError(f"{path}: state dict entries that are not tensors: {', '.join(not_tensors[:_SHOWN])}")
+    return state
+
+
+def split_loss_keys(state: dict) -> tuple:
+    """``(model_state, loss_state)``; ``loss.`` stripped from the loss module's keys."""
+    model_state = {k: v for k, v in state.items() if not k.startswith(LOSS_PREFIX)}
+    loss_state = {k[len(LOSS_PREFIX):]: v for k, v in state.items() if k.startswith(LOSS_PREFIX)}
+    return model_state, loss_state
+
+
+def _listing(keys: list) -> str:
+    shown = ", ".join(keys[:_SHOWN])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > _SHOWN else ''})"
+
+
+def load_strict(module: nn.Module, state: dict, path: str, what: str) -> None:
+    """``module.load_state_dict(state)`` with every key and shape matching, else ``ConfigError`` naming them."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+                for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = [f"{label} {_listing(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)) if keys]
+    if problems:
+        raise ConfigError(f"{path}: does not fit the {what}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def load_upstream_weights(adapter: nn.Module, path: str, loss_module: Optional[nn.Module] = None,
+                          allow_unsafe: bool = False, logger: Optional[logging.Logger] = None) -> LoadedWeights:
+    """Load an official Taming checkpoint into ``adapter`` (and its ``loss.*`` keys into ``loss_module``).
+
+    Without a loss module the ``loss.*`` keys are returned in ``loss_state`` for later.
+    """
+    log = logger or module_logger
+    state = extract_state_dict(read_checkpoint(path, allow_unsafe, log), path)
+    model_state, loss_state = split_loss_keys(state)
+    load_strict(adapter, model_state, path, "model")
+    loss_keys = 0
+    if loss_module is not None and loss_state:
+        load_strict(loss_module, loss_state, path, "loss module (keys loss.*)")
+        loss_keys = len(loss_state)
+    log.info("%s: %d keys loaded into the model, %d into the loss module", path, len(model_state), loss_keys)
+    if loss_state and loss_module is None:
+        log.info("%s: %d loss.* keys not loaded (no loss module given)", path, len(loss_state))
+    return LoadedWeights(len(model_state), loss_keys, loss_state)
