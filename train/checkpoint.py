@@ -9,11 +9,12 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from typing import Optional
 
 import numpy as np
 import torch
+
+from train.atomic_files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +43,6 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
 def save_checkpoint(payload: dict, path: str) -> str:
     """Write ``payload`` to ``path`` atomically; returns ``path``."""
     atomic_write(path, lambda fh: torch.save(payload, fh))
@@ -73,10 +56,15 @@ def load_checkpoint(path: str, map_location="cpu", allow_unsafe: bool = False) -
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        message = str(err)
+        if "GLOBAL" not in message:
+            raise CheckpointError(f"{path}: damaged or not a checkpoint (cannot unpickle)") from None
         if not allow_unsafe:
+            names = [line.strip() for line in message.splitlines() if "GLOBAL" in line]
             raise CheckpointError(
-                f"{path}: holds objects that need full unpickling, which can run arbitrary code; "
-                f"if you trust the file set train_args.allow_unsafe_load to true ({str(err).splitlines()[0]})"
+                f"{path}: holds Python objects that need full unpickling, which can run arbitrary code "
+                f"({names[0] if names else 'unsupported global'}); if you trust the file, "
+                "set train_args.allow_unsafe_load to true"
             ) from None
         logger.warning("%s: loading with full unpickling (allow_unsafe_load is set)", path)
         return torch.load(path, map_location=map_location, weights_only=False)

@@ -1,0 +1,193 @@
+"""``python -m codec compress | decompress | info | evaluate | fit-prior``.
+
+Results go to stdout (one summary line, or the ``info``/``evaluate`` table); progress
+bars, log lines and any refusal (one ``error:`` line, exit code 1) to stderr.
+"""
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import torch
+
+from codec.bitstream import CodecError, read_header, unpack
+from codec.codec import compress, decode_indices, iter_decoded, load_codec_model, read_bitstream
+from codec.evaluate import DEFAULT_CRFS, evaluate, format_table
+from codec.prior import fit_prior_into_checkpoint
+from codec.video_io import iter_frames, video_fps, write_png_frames, write_video
+from train.atomic_files import atomic_write
+from train.checkpoint import CheckpointError
+from train.config_schema import ConfigError
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _size(values: Optional[list]) -> Optional[tuple]:
+    return tuple(values) if values else None
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def cmd_compress(args) -> None:
+    codec = load_codec_model(args.checkpoint, _device(args.device))
+    start = time.perf_counter()
+    frames = iter_frames(args.input, _size(args.size), args.max_frames)
+    data = compress(codec, frames, video_fps(args.input), adaptive=args.adaptive, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    atomic_write(args.output, lambda fh: fh.write(data))
+    header, _ = read_header(data)
+    pixels = header.frames * header.size[0] * header.size[1]
+    _say(f"{args.output}: {header.frames} frames {header.size[1]}x{header.size[0]}, {len(data)} bytes, "
+         f"{8 * len(data) / pixels:.4f} bpp, encode {header.frames / elapsed:.1f} fps")
+
+
+def cmd_decompress(args) -> None:
+    if not args.output and not args.frames:
+        raise CodecError("decompress: give an output video (OUT.mp4), --frames DIR, or both")
+    data = read_bitstream(args.input)
+    header, _ = unpack(data, args.input)  # refuse a damaged file before loading any model
+    checkpoint = args.checkpoint or header.checkpoint_hint
+    if not checkpoint or not os.path.isfile(checkpoint):
+        raise CodecError(f"{args.input}: pass --checkpoint (the file was coded with "
+                         f"{header.checkpoint_hint or 'an unnamed checkpoint'}, weights {header.model_hash[:16]})")
+    codec = load_codec_model(checkpoint, _device(args.device))
+    start = time.perf_counter()
+    header, indices = decode_indices(codec, data, args.input)
+    decoded = iter_decoded(codec, header, indices, progress=not args.quiet)
+    if args.output and args.frames:
+        chunks = list(decoded)  # written twice: keep the chunks
+        write_video(args.output, (f for c in chunks for f in c), header.fps)
+        write_png_frames(args.frames, (f for c in chunks for f in c))
+    elif args.output:
+        write_video(args.output, (f for c in decoded for f in c), header.fps)
+    else:
+        write_png_frames(args.frames, (f for c in decoded for f in c))
+    elapsed = time.perf_counter() - start
+    pixels = header.frames * header.size[0] * header.size[1]
+    target = ", ".join(p for p in (args.output, args.frames) if p)
+    _say(f"{target}: {header.frames} frames {header.size[1]}x{header.size[0]} from {len(data)} bytes, "
+         f"{8 * len(data) / pixels:.4f} bpp, decode {header.frames / elapsed:.1f} fps")
+
+
+def cmd_info(args) -> None:
+    data = read_bitstream(args.input)
+    header, streams = unpack(data, args.input)
+    height, width = header.size
+    pixels = header.frames * height * width
+    coder = ", ".join(f"{k} {str(v)[:16]}" for k, v in header.coder.items() if k != "kind")
+    lines = [
+        f"file      {args.input}: {len(data)} bytes ({header.payload_bytes} payload, "
+        f"{len(data) - header.payload_bytes} header and framing)",
+        f"model     {header.model_type}, weights sha256 {header.model_hash[:16]}"
+        + (f", coded with {header.checkpoint_hint}" if header.checkpoint_hint else ""),
+        f"video     {header.frames} frames at {header.fps:.3f} fps, {width}x{height} "
+        f"(coded as {header.padded_size[1]}x{header.padded_size[0]}, {header.clips} clips of "
+        f"{header.frames_per_clip} frame(s), {header.chunk_frames} frames per model call)",
+        f"coder     {header.coder['kind']}" + (f" ({coder})" if coder else ""),
+    ]
+    for level, info in enumerate(header.levels):
+        count = header.clips * info.indices_per_clip
+        bits = 32 * info.words / max(count, 1)
+        lines.append(
+            f"level {level}   {count} indices {'x'.join(map(str, info.clip_shape))} per clip, codebook {info.vocab_size}: "
+            f"{bits:.3f} bits/index (log2 codebook {math.log2(info.vocab_size):.3f}, "
+            f"empirical entropy {info.entropy_bits:.3f})")
+    lines.append(f"rate      {8 * len(data) / pixels:.4f} bpp, {8 * len(data) * header.fps / max(header.frames, 1) / 1000:.1f} kbit/s")
+    _say("\n".join(lines))
+
+
+def cmd_evaluate(args) -> None:
+    points, bd_rates = evaluate(args.clips, args.checkpoints, args.out, crfs=args.crf, size=_size(args.size),
+                                max_frames=args.max_frames, adaptive=args.adaptive, device=_device(args.device),
+                                progress=not args.quiet)
+    _say(format_table(points, bd_rates))
+    _say(f"wrote {os.path.join(args.out, 'rd.csv')}, rd.png, bd_rate.csv")
+
+
+def cmd_fit_prior(args) -> None:
+    entry = fit_prior_into_checkpoint(args.checkpoint, args.data, _device(args.device), args.max_batches,
+                                      args.clips_per_file, progress=not args.quiet)
+    _say(f"{args.checkpoint}: code prior of {entry['num_indices']} indices over {len(entry['counts'])} level(s) "
+         f"from {args.data}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m codec", description="vqvc video codec: a checkpoint as a codec")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(func=func)
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        return sub
+
+    def model_options(sub, required=True):
+        sub.add_argument("--checkpoint", required=required, help="training checkpoint (.pth.tar)")
+        sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+    sub = command("compress", cmd_compress, "compress a video (or image, or folder of frames) to a .vqv file")
+    sub.add_argument("input")
+    sub.add_argument("output")
+    model_options(sub)
+    sub.add_argument("--adaptive", action="store_true", help="code frequencies learned per stream, not the prior")
+    sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
+    sub.add_argument("--max-frames", type=int, help="compress only the first N frames")
+
+    sub = command("decompress", cmd_decompress, "decode a .vqv file to a lossless mp4 and/or PNG frames")
+    sub.add_argument("input")
+    sub.add_argument("output", nargs="?", help="output video (.mp4)")
+    sub.add_argument("--frames", metavar="DIR", help="also (or only) write PNG frames into DIR")
+    model_options(sub, required=False)
+
+    sub = command("info", cmd_info, "show a .vqv file's header, sizes and bits per index")
+    sub.add_argument("input")
+
+    sub = command("evaluate", cmd_evaluate, "rate-distortion of checkpoints against x264/x265")
+    sub.add_argument("--clips", nargs="+", required=True, help="videos (or folders of frames)")
+    sub.add_argument("--checkpoints", nargs="+", required=True, metavar="[LABEL=]CKPT",
+                     help="rate points; checkpoints with the same label form one curve")
+    sub.add_argument("--out", required=True, help="folder for rd.csv, rd.png, bd_rate.csv")
+    sub.add_argument("--crf", type=int, nargs="+", default=list(DEFAULT_CRFS), help="x264/x265 CRF values")
+    sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
+    sub.add_argument("--max-frames", type=int, help="use only the first N frames of each clip")
+    sub.add_argument("--adaptive", action="store_true", help="code the checkpoints' indices adaptively")
+    sub.add_argument("--device", default="auto")
+
+    sub = command("fit-prior", cmd_fit_prior, "measure code frequencies on data and store them in the checkpoint")
+    model_options(sub)
+    sub.add_argument("--data", required=True, help="folder of videos (or images), or builtin:train")
+    sub.add_argument("--max-batches", type=int, help="stop after N batches")
+    sub.add_argument("--clips-per-file", type=int, default=32, help="evenly spaced clips read from each file")
+    return parser
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def main(argv: Optional[list] = None) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CodecError, CheckpointError, ConfigError, OSError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    return 0

@@ -1,0 +1,247 @@
+"""Rate-distortion of checkpoints against x264 and x265 on the same frames.
+
+Every codec sees the same frames: each clip decoded once (optionally resized and cut
+short). The checkpoints are the rate points of their curve (one curve per label); x264
+and x265 run at several CRF values through the ffmpeg binary of ``imageio-ffmpeg``,
+fed raw RGB frames and writing a raw elementary stream (no container), whose file size
+gives their rate. Quality is PSNR and SSIM of RGB frames (``metric_utils``, so training
+and evaluation agree). The Bjøntegaard delta rate compares each curve with x264 over
+the PSNR range both cover.
+"""
+import csv
+import io
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from typing import Optional
+
+import attrs
+import numpy as np
+import torch
+from einops import rearrange
+
+from codec.bitstream import CodecError
+from codec.codec import compress, decompress, load_codec_model
+from codec.video_io import ffmpeg_exe, read_frames
+from train.atomic_files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CRFS = (23, 30, 37, 44, 51)
+# name -> (ffmpeg encoder, elementary-stream format, extra arguments)
+FFMPEG_CODECS = {
+    "x264": ("libx264", "h264", []),
+    "x265": ("libx265", "hevc", ["-x265-params", "log-level=error"]),
+}
+ANCHOR = "x264"
+
+
+@attrs.frozen
+class RatePoint:
+    clip: str
+    codec: str  # "x264", "x265", or a checkpoint set's label
+    setting: str  # "crf=N", or the checkpoint's file name
+    frames: int
+    height: int
+    width: int
+    bytes: int
+    bpp: float
+    psnr: float
+    ssim: float
+    encode_fps: float
+    decode_fps: float
+
+
+@attrs.frozen
+class BdRate:
+    clip: str
+    codec: str
+    anchor: str
+    percent: Optional[float]  # negative: fewer bits than the anchor for the same PSNR
+    note: str = ""
+
+
+def quality(decoded: np.ndarray, reference: np.ndarray, chunk: int = 16) -> tuple:
+    """(PSNR dB, SSIM), means over frames, of uint8 ``(T, H, W, 3)`` frames."""
+    from metric_utils.metric_utils import psnr, ssim
+
+    totals = np.zeros(2)
+    for start in range(0, len(reference), chunk):
+        pair = [rearrange(torch.from_numpy(np.ascontiguousarray(a[start:start + chunk])), "t h w c -> t c h w")
+                .float() / 255.0 for a in (decoded, reference)]
+        totals += len(pair[0]) * np.array([psnr(*pair), ssim(*pair)])
+    return tuple(float(v) for v in totals / len(reference))
+
+
+def _run(command: list, stdin: Optional[bytes], what: str) -> tuple:
+    start = time.perf_counter()
+    result = subprocess.run(command, input=stdin, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise CodecError(f"{what} failed: {message[-1] if message else f'exit code {result.returncode}'}")
+    return result.stdout, elapsed
+
+
+def ffmpeg_roundtrip(frames: np.ndarray, fps: float, name: str, crf: int, workdir: str,
+                     preset: str = "medium") -> tuple:
+    """``(bytes, decoded frames, encode seconds, decode seconds)`` of one x264/x265 run."""
+    encoder, stream_format, extra = FFMPEG_CODECS[name]
+    height, width = frames.shape[1:3]
+    # yuv420p needs even sides: replicate one row/column, crop it off after decoding
+    even = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    path = os.path.join(workdir, f"{name}_crf{crf}.{stream_format}")
+    exe = ffmpeg_exe()
+    _, encode_s = _run([exe, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                        "-s", f"{even.shape[2]}x{even.shape[1]}", "-r", f"{fps:.6g}", "-i", "-",
+                        "-c:v", encoder, "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", *extra,
+                        "-f", stream_format, path], np.ascontiguousarray(even).tobytes(), f"ffmpeg {encoder}")
+    raw, decode_s = _run([exe, "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], None,
+                         f"ffmpeg decoding {path}")
+    decoded = np.frombuffer(raw, dtype=np.uint8).reshape(-1, *even.shape[1:])[:, :height, :width].copy()
+    if len(decoded) != len(frames):
+        raise CodecError(f"ffmpeg {encoder}: {len(decoded)} frames decoded, {len(frames)} encoded")
+    return os.path.getsize(path), decoded, encode_s, decode_s
+
+
+def _point(clip: str, codec: str, setting: str, reference: np.ndarray, decoded: np.ndarray, nbytes: int,
+           encode_s: float, decode_s: float) -> RatePoint:
+    count, height, width = reference.shape[:3]
+    psnr, ssim = quality(decoded, reference)
+    return RatePoint(clip, codec, setting, count, height, width, nbytes, 8.0 * nbytes / (count * height * width),
+                     psnr, ssim, count / max(encode_s, 1e-9), count / max(decode_s, 1e-9))
+
+
+def bd_rate(anchor: list, test: list) -> tuple:
+    """Bjøntegaard delta rate (%) of ``test`` against ``anchor`` (lists of (bpp, psnr)), and a note.
+
+    log(rate) is fitted as a polynomial in PSNR (cubic with 4+ points) for each curve and
+    the fits are averaged over the PSNR interval both curves cover.
+    """
+    if min(len(anchor), len(test)) < 2:
+        return None, "needs 2+ rate points per curve"
+    fits = []
+    for points in (anchor, test):
+        bpp, psnr = np.array(sorted(points, key=lambda p: p[1]), dtype=np.float64).T
+        degree = min(3, len(np.unique(psnr)) - 1)
+        if degree < 1:
+            return None, "needs 2+ distinct PSNR values per curve"
+        fits.append((np.polyint(np.polyfit(psnr, np.log(bpp), degree)), psnr.min(), psnr.max()))
+    low, high = max(f[1] for f in fits), min(f[2] for f in fits)
+    if low >= high:
+        return None, "no overlap"
+    mean_log_rate = [(np.polyval(f[0], high) - np.polyval(f[0], low)) / (high - low) for f in fits]
+    return float((np.exp(mean_log_rate[1] - mean_log_rate[0]) - 1.0) * 100.0), ""
+
+
+def _label_and_path(spec: str) -> tuple:
+    label, sep, path = spec.partition("=")
+    return (label, path) if sep and not os.path.exists(spec) else (None, spec)
+
+
+def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, size: Optional[tuple] = None,
+             max_frames: Optional[int] = None, adaptive: bool = False, device="cpu",
+             codecs=tuple(FFMPEG_CODECS), progress: bool = False) -> tuple:
+    """Measure every checkpoint and x264/x265 on every clip; write ``rd.csv``, ``rd.png``, ``bd_rate.csv``.
+
+    ``checkpoints`` are paths or ``LABEL=PATH``; checkpoints sharing a label form one
+    curve (default label: the model type). Returns ``(rate points, BD rates)``.
+    """
+    models = []
+    for spec in checkpoints:
+        label, path = _label_and_path(spec)
+        codec = load_codec_model(path, device)
+        models.append((label or codec.config.model_type, os.path.basename(path), codec))
+    points = []
+    for clip in clips:
+        reference, fps = read_frames(clip, size, max_frames)
+        name = os.path.basename(clip.rstrip(os.sep))
+        logger.info("%s: %d frames %dx%d", name, len(reference), reference.shape[2], reference.shape[1])
+        for label, setting, codec in models:
+            start = time.perf_counter()
+            data = compress(codec, reference, fps, adaptive=adaptive, progress=progress)
+            encode_s = time.perf_counter() - start
+            start = time.perf_counter()
+            decoded, _ = decompress(codec, data, name, progress=progress)
+            points.append(_point(name, label, setting, reference, decoded, len(data), encode_s,
+                                 time.perf_counter() - start))
+        with tempfile.TemporaryDirectory() as workdir:
+            for codec_name in codecs:
+                for crf in crfs:
+                    nbytes, decoded, encode_s, decode_s = ffmpeg_roundtrip(reference, fps, codec_name, crf, workdir)
+                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s, decode_s))
+    bd_rates = _bd_rates(points)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_csv(os.path.join(out_dir, "rd.csv"), [attrs.asdict(p) for p in points])
+    _write_csv(os.path.join(out_dir, "bd_rate.csv"), [attrs.asdict(b) for b in bd_rates])
+    plot_rd(points, os.path.join(out_dir, "rd.png"))
+    return points, bd_rates
+
+
+def _bd_rates(points: list) -> list:
+    results = []
+    for clip in dict.fromkeys(p.clip for p in points):
+        curves = {}
+        for p in points:
+            if p.clip == clip:
+                curves.setdefault(p.codec, []).append((p.bpp, p.psnr))
+        if ANCHOR not in curves:
+            continue
+        for codec, curve in curves.items():
+            if codec != ANCHOR:
+                results.append(BdRate(clip, codec, ANCHOR, *bd_rate(curves[ANCHOR], curve)))
+    return results
+
+
+def _write_csv(path: str, rows: list) -> None:
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write(path, lambda fh: fh.write(text.getvalue().encode("utf-8")))
+
+
+def plot_rd(points: list, path: str) -> None:
+    """PSNR against bpp, one panel per clip, one curve per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = list(dict.fromkeys(p.clip for p in points))
+    columns = min(3, len(clips))
+    rows = -(-len(clips) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    for ax, clip in zip(axes.flat, clips):
+        curves = {}
+        for p in points:
+            if p.clip == clip:
+                curves.setdefault(p.codec, []).append((p.bpp, p.psnr))
+        for codec, curve in curves.items():
+            bpp, psnr = zip(*sorted(curve))
+            ax.plot(bpp, psnr, marker="o", label=codec)
+        ax.set(title=clip, xlabel="bits per pixel", ylabel="PSNR (dB)", xscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    for ax in list(axes.flat)[len(clips):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+    plt.close(fig)
+
+
+def format_table(points: list, bd_rates: list) -> str:
+    """The rate points and BD rates as aligned text."""
+    head = ["clip", "codec", "setting", "bytes", "bpp", "PSNR", "SSIM", "enc fps", "dec fps"]
+    rows = [[p.clip, p.codec, p.setting, str(p.bytes), f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ssim:.3f}",
+             f"{p.encode_fps:.1f}", f"{p.decode_fps:.1f}"] for p in points]
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head] + rows]
+    for b in bd_rates:
+        value = f"{b.percent:+.1f}%" if b.percent is not None else b.note
+        lines.append(f"BD-rate {b.codec} vs {b.anchor} on {b.clip}: {value}")
+    return "\n".join(lines)

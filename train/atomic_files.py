@@ -1,0 +1,53 @@
+"""Files that appear whole or not at all: write beside the target, fsync, rename.
+
+A crash or a kill at any moment leaves either the previous file or the new one, never a
+partial file, and no temporary file survives a failure that Python sees.
+"""
+import contextlib
+import os
+import tempfile
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(directory)
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file and put it in place atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            write(fh)
