@@ -1,0 +1,65 @@
+"""VqVae2: each clip of ``sequence_length`` frames is coded as one map of ``vocab_size`` codes."""
+import torch
+from torch import nn
+
+from models.adapter_base import VQOutput
+from models.codebook_utils import perplexity_from_indices
+from models.vq_vae.decoder import Decoder
+from models.vq_vae.encoder import Encoder
+from models.vq_vae.quantizer import VectorQuantizer
+from models.vq_vae.quantizer_ema import VectorQuantizerEMA
+
+
+class VqVae2(nn.Module):
+    """Frames ``(b*d, C, H, W)`` -> codes ``(b, H/f, W/f)`` -> frames, with ``f = 2**(group_count-1)``.
+
+    ``decay == 0`` selects the learned codebook (``VectorQuantizer``), ``decay > 0`` the
+    EMA codebook (``VectorQuantizerEMA``). ``n_init`` (the code dimension) must be a
+    multiple of ``group_count * n_hid``: the temporal convs use one group per feature channel.
+    """
+
+    def __init__(self, group_count: int, n_hid: int, n_blk_per_group: int, vocab_size: int, n_init: int,
+                 input_channels: int, output_channels: int, commitment_cost: float, decay: float,
+                 dead_code_threshold: float, sequence_length: int):
+        super().__init__()
+        self.sequence_length = sequence_length
+        self.input_channels = input_channels
+        self.vocab_size = vocab_size
+        self.spatial_factor = 2 ** (group_count - 1)
+        self.encoder = Encoder(group_count, n_hid, n_blk_per_group, input_channels, n_init, sequence_length)
+        if decay > 0:
+            self.quantizer = VectorQuantizerEMA(vocab_size, n_init, commitment_cost, decay, dead_code_threshold)
+        else:
+            self.quantizer = VectorQuantizer(vocab_size, n_init, commitment_cost, dead_code_threshold)
+        self.decoder = Decoder(group_count, n_hid, n_blk_per_group, output_channels, n_init, sequence_length)
+
+    def forward(self, frames: torch.Tensor) -> VQOutput:
+        self._check_frames(frames)
+        quantized, vq_loss, indices = self.quantizer(self.encoder(frames))
+        recon = self.decoder(quantized)
+        return VQOutput(vq_loss, recon, perplexity_from_indices(indices, self.vocab_size), indices)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Code indices ``(b, h, w)``; under ``no_grad`` the codebook is never updated."""
+        self._check_frames(frames)
+        return self.quantizer(self.encoder(frames))[2]
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Frames ``(b*d, C, H, W)`` of code indices ``(b, h, w)``."""
+        return self.decoder(self.quantizer.lookup(indices))
+
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        if frames.ndim != 4 or frames.shape[1] != self.input_channels:
+            raise ValueError(
+                f"VqVae2 expects frames shaped (batch*sequence, {self.input_channels}, H, W), got {tuple(frames.shape)}"
+            )
+        if frames.shape[0] % self.sequence_length:
+            raise ValueError(
+                f"VqVae2: {frames.shape[0]} frames is not a whole number of clips of sequence_length {self.sequence_length}"
+            )
+        height, width = frames.shape[-2:]
+        if height % self.spatial_factor or width % self.spatial_factor:
+            raise ValueError(
+                f"VqVae2: frame size {height}x{width} is not a multiple of {self.spatial_factor} (2 ** (group_count - 1))"
+            )
