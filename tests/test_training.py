@@ -1,0 +1,104 @@
+"""The training loop end to end on real frames: learning, checkpoints, exact resume, numerics."""
+import json
+import os
+
+import pytest
+import torch
+
+from tests.helpers import tiny_config
+from train.checkpoint import list_checkpoints, load_checkpoint
+from train.config import config_from_dict
+from train.train_custom_videos import build_trainer
+from train.trainVqVae import TrainingDiverged
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def make_trainer(tmp_path, name="run", **overrides):
+    data = tiny_config(tmp_path, **overrides)
+    data["train_args"]["run_name"] = name
+    return build_trainer(config_from_dict(data, source=f"{name}.json"))
+
+
+def test_twenty_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
+    trainer = make_trainer(tmp_path, train_args={"num_steps": 20, "wandb_log_interval": 1, "lr": 0.003})
+    summary = trainer.train()
+    assert summary["status"] == "finished" and summary["steps"] == 20
+    losses = [m["train/loss/total"] for m in read_metrics(trainer.run_dir) if "train/loss/total" in m]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    val = [m for m in read_metrics(trainer.run_dir) if "val/stats/psnr" in m]
+    assert len(val) == 3  # steps 0, 10, 20
+    assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
+    names = os.listdir(os.path.join(trainer.run_dir, "checkpoints"))
+    assert "checkpoint_step00000020.pth.tar" in names and "best_psnr.pth.tar" in names
+    saved = json.load(open(os.path.join(trainer.run_dir, "run_summary.json")))
+    assert saved["last_checkpoint"].endswith("checkpoint_step00000020.pth.tar")
+
+
+def test_resume_continues_at_the_saved_step_with_identical_optimizer_state(tmp_path):
+    first = make_trainer(tmp_path, train_args={"num_steps": 10, "validation_interval": 100})
+    first.train()
+    ckpt_path = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    resumed = make_trainer(tmp_path, name="again",
+                           train_args={"num_steps": 12, "checkpoint_path": ckpt_path, "validation_interval": 100})
+    assert resumed.start_step == 10
+    saved = load_checkpoint(ckpt_path)["optimizer"]
+    now = resumed.optimizer.state_dict()
+    for key, state in saved["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(now["state"][key][name]))
+    assert resumed.train()["steps"] == 12
+
+
+def test_stop_and_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    common = {"deterministic": True, "save_interval": 6, "validation_interval": 4, "lr_decay_interval": 5,
+              "lr_decay": 0.9}
+    straight = make_trainer(tmp_path, name="straight", train_args={**common, "num_steps": 12})
+    straight.train()
+    half = make_trainer(tmp_path, name="halves", train_args={**common, "num_steps": 6})
+    half.train()
+    rest = make_trainer(tmp_path, name="halves", train_args={**common, "num_steps": 12, "resume": "auto"})
+    assert rest.start_step == 6
+    rest.train()
+    a, b = straight.model.state_dict(), rest.model.state_dict()
+    assert a.keys() == b.keys()
+    diffs = [float((a[k].float() - b[k].float()).abs().max()) for k in a]
+    assert max(diffs) == 0.0
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, train_args={"num_steps": 30, "save_interval": 4, "max_nonfinite_steps": 3,
+                                                 "validation_interval": 100})
+    original = trainer.loss_calculator.compute_total_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(images, recon, vq_loss, step, optimizer_idx=0):
+        calls["n"] += 1
+        out = original(images, recon, vq_loss, step, optimizer_idx)
+        if calls["n"] in (3, 4) or calls["n"] >= 9:  # two isolated NaNs, then NaN forever
+            out["total_loss"] = out["total_loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.loss_calculator, "compute_total_loss", sometimes_nan)
+    with pytest.raises(TrainingDiverged, match="Last good checkpoint"):
+        trainer.train()
+    assert trainer.nonfinite_skipped == 2 + 3
+    good = list_checkpoints(os.path.join(trainer.run_dir, "checkpoints"))[0]
+    state = load_checkpoint(good)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    summary = json.load(open(os.path.join(trainer.run_dir, "run_summary.json")))
+    assert summary["status"] == "failed"
+
+
+def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
+    first = make_trainer(tmp_path, train_args={"num_steps": 2, "validation_interval": 100, "save_interval": 2})
+    first.train()
+    ckpt = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    from train.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"shape mismatches"):
+        make_trainer(tmp_path, name="wider", model_args={"vocab_size": 64}, train_args={"checkpoint_path": ckpt})
