@@ -102,3 +102,19 @@ def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"shape mismatches"):
         make_trainer(tmp_path, name="wider", model_args={"vocab_size": 64}, train_args={"checkpoint_path": ckpt})
+
+
+def test_best_checkpoints_appear_only_when_a_metric_improves(tmp_path):
+    trainer = make_trainer(tmp_path, train_args={"num_steps": 1})
+    folder = trainer.checkpoint_dir
+    assert set(trainer._check_and_save_best_models(5, {"val/stats/psnr": 20.0, "val/loss/total": 0.5})) == {
+        "val/stats/psnr", "val/loss/total"}
+    assert sorted(os.listdir(folder)) == ["best_loss.pth.tar", "best_psnr.pth.tar"]
+    stamp = os.path.getmtime(os.path.join(folder, "best_psnr.pth.tar"))
+    improved = trainer._check_and_save_best_models(6, {"val/stats/psnr": 19.0, "val/loss/total": 0.4,
+                                                       "val/stats/lpips": 0.3})
+    assert set(improved) == {"val/loss/total", "val/stats/lpips"}
+    assert os.path.getmtime(os.path.join(folder, "best_psnr.pth.tar")) == stamp
+    assert load_checkpoint(os.path.join(folder, "best_psnr.pth.tar"))["steps"] == 5
+    assert load_checkpoint(os.path.join(folder, "best_loss.pth.tar"))["steps"] == 6
+    assert sorted(os.listdir(folder)) == ["best_loss.pth.tar", "best_lpips.pth.tar", "best_psnr.pth.tar"]

@@ -34,13 +34,13 @@ from train.config import Config, load_config
 from train.lossconfig import build_loss_calculator
 from train.train_utils import autocast, format_duration, psnr_from_mse
 
-# Validation metrics kept as best checkpoints, and which direction is better.
+# Validation metrics kept as best checkpoints: which direction is better, and the file name.
 BEST_METRICS = {
-    "val/stats/psnr": "max",
-    "val/stats/ssim": "max",
-    "val/stats/lpips": "min",
-    "val/stats/fid": "min",
-    "val/loss/total": "min",
+    "val/stats/psnr": ("max", "best_psnr.pth.tar"),
+    "val/stats/ssim": ("max", "best_ssim.pth.tar"),
+    "val/stats/lpips": ("min", "best_lpips.pth.tar"),
+    "val/stats/fid": ("min", "best_fid.pth.tar"),
+    "val/loss/total": ("min", "best_loss.pth.tar"),
 }
 
 
@@ -324,7 +324,7 @@ class TrainVqVae:
         metrics = self.evaluate(self.args.val_max_images)
         self.model.train()
         self.log_mgr.log_metrics(step, metrics)
-        shown = " | ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in metrics.items() if v is not None)
+        shown = " | ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items())
         self.logger.info("validation at step %d | %s", step, shown)
         self._check_and_save_best_models(step, metrics)
 
@@ -377,7 +377,7 @@ class TrainVqVae:
     def _check_and_save_best_models(self, step: int, metrics: dict) -> list:
         """Save ``best_<metric>.pth.tar`` for every metric that improved; returns their names."""
         improved = []
-        for key, direction in BEST_METRICS.items():
+        for key, (direction, _name) in BEST_METRICS.items():
             value = metrics.get(key)
             if value is None or not math.isfinite(value):
                 continue
@@ -388,7 +388,7 @@ class TrainVqVae:
         if improved and step > 0:
             payload = self._checkpoint_payload(step)
             for key in improved:
-                name = f"best_{key.split('/')[-1]}.pth.tar"
+                name = BEST_METRICS[key][1]
                 save_checkpoint(payload, os.path.join(self.checkpoint_dir, name))
                 self.logger.info("new best %s = %.4f at step %d -> %s", key, self.best[key], step, name)
         return improved
