@@ -102,6 +102,13 @@ def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"shape mismatches"):
         make_trainer(tmp_path, name="wider", model_args={"vocab_size": 64}, train_args={"checkpoint_path": ckpt})
+    other = {"model_type": "VQVAE2", "scaling_rates": [2, 2],
+             "model_args": {"n_hid": 8, "res_channels": 4, "nb_res_layers": 1, "nb_levels": 2, "n_init": 8,
+                            "vocab_size": 16}}
+    data = tiny_config(tmp_path, **other, train_args={"checkpoint_path": ckpt})
+    data["model_args"] = other["model_args"]
+    with pytest.raises(CheckpointError, match=r"is a 'VqVae2' model, the config asks for 'VQVAE2'"):
+        build_trainer(config_from_dict(data))
 
 
 def test_best_checkpoints_appear_only_when_a_metric_improves(tmp_path):

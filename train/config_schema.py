@@ -139,7 +139,8 @@ def structure(cls: type, data: Any, path: str) -> Any:
     public = [name for name, f in fields.items() if f.init and not name.startswith("_")]
     for key in data:
         if key not in public:
-            where = f"{path}.{key}" if path else str(key)
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+            where = f"{path}.{shown}" if path else shown
             raise ConfigError(f"{where}: unknown key{closest_key(str(key), public)}; valid keys: {', '.join(public)}")
     kwargs = {}
     for name in public:
