@@ -30,19 +30,6 @@ def checkpoint_name(step: int) -> str:
     return f"checkpoint_step{step:08d}.pth.tar"
 
 
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(payload: dict, path: str) -> str:
     """Write ``payload`` to ``path`` atomically; returns ``path``."""
     atomic_write(path, lambda fh: torch.save(payload, fh))
