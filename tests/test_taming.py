@@ -4,7 +4,6 @@ import logging
 import os
 
 import attrs
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ from models.taming.lpips import LPIPS
 from models.taming.quantize import EMAVectorQuantizer, VectorQuantizer
 from models.taming.vqgan import EMAVQ, VQModel
 from models.taming.vqperceptual import adopt_weight, hinge_d_loss, vanilla_d_loss
-from tests.helpers import sample_clip_path
+from tests.helpers import real_frames
 from train.config import Config
 from train.config_schema import ConfigError, Invalid, structure
 
@@ -94,14 +93,7 @@ def adapter(model_type="TamingVQGAN", seed=0, **model_args) -> TamingVQGANAdapte
 @pytest.fixture(scope="module")
 def frames():
     """Eight real frames of bikes.mp4 at 32 x 32, in [-1, 1]."""
-    capture = cv2.VideoCapture(sample_clip_path("bikes.mp4"))
-    images = []
-    for _ in range(8):
-        ok, frame = capture.read()
-        assert ok
-        images.append(cv2.cvtColor(cv2.resize(frame, (32, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
-    capture.release()
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return real_frames(8, 32)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import torch
 import torch.multiprocessing as mp
 
 from models.model_adapter import create_model, resolve_adapter
-from models.vqvae2 import VQVAE, EMAQuantizer
+from models.vqvae2 import VQVAE, VectorQuantizerEMA
 from models.vqvae2.adapter import MODEL_ARG_NAMES, VQVAEAdapter, VQVAEArgs, model_kwargs
 from tests import vqvae2_contract as contract
+from tests.helpers import real_frames
 from train.config import load_config
 from train.config_schema import ConfigError
 
@@ -22,7 +23,7 @@ CONFIGS = {  # scaling_rates -> index shapes of 8 frames of 32 x 32, bottom leve
 
 @pytest.fixture(scope="module")
 def frames():
-    return contract.bikes_frames()
+    return real_frames(8, 32)
 
 
 def vqvae2(scaling_rates, seed=0, **model_args):
@@ -120,7 +121,7 @@ def test_bad_model_arg_names_its_key():
 
 def test_codes_start_as_vectors_of_the_first_training_batch():
     torch.manual_seed(0)
-    quantizer = EMAQuantizer(nb_entries=4, dim=3, decay=1.0)  # decay 1: the EMA keeps the initial codes
+    quantizer = VectorQuantizerEMA(vocab_size=4, dim=3, decay=1.0)  # decay 1: the EMA keeps the initial codes
     z = torch.randn(2, 3, 4, 4)
     initial = quantizer.codebook.clone()
     quantizer.eval()(z)
@@ -133,7 +134,7 @@ def test_codes_start_as_vectors_of_the_first_training_batch():
 
 def test_dead_codes_restart_from_batch_vectors():
     torch.manual_seed(0)
-    quantizer = EMAQuantizer(nb_entries=4, dim=3, dead_code_threshold=1.0).train()
+    quantizer = VectorQuantizerEMA(vocab_size=4, dim=3, dead_code_threshold=1.0).train()
     quantizer.initialized.fill_(True)
     quantizer.codebook[0] = 0.0  # every vector's nearest code: codes 1-3 stay unused and die
     quantizer.codebook[1:] = 100.0
@@ -150,7 +151,7 @@ def _ema_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
-        quantizer = EMAQuantizer(nb_entries=8, dim=4).train()
+        quantizer = VectorQuantizerEMA(vocab_size=8, dim=4).train()
         quantizer.initialized.fill_(True)  # start from the same codebook as the single process
         z = torch.randn(4, 4, 3, 3)
         quantizer(z.chunk(world_size)[rank])  # each rank sees its half of the batch
@@ -162,7 +163,7 @@ def _ema_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
 def test_ema_statistics_are_all_reduced_across_ranks(tmp_path):
     mp.start_processes(_ema_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
     torch.manual_seed(0)
-    single = EMAQuantizer(nb_entries=8, dim=4).train()
+    single = VectorQuantizerEMA(vocab_size=8, dim=4).train()
     single.initialized.fill_(True)
     single(torch.randn(4, 4, 3, 3))  # one process, the whole batch
     for rank in range(2):

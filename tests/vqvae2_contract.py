@@ -1,29 +1,13 @@
-"""Checks shared by the two hierarchical families (VQVAE2 and VQVAE2_OptVQ): real frames,
-configs, and the adapter contract every configuration of theirs must keep."""
-import cv2
-import numpy as np
+"""Checks shared by the two hierarchical families (VQVAE2 and VQVAE2_OptVQ): configs,
+and the adapter contract every configuration of theirs must keep."""
 import torch
 import torch.nn.functional as F
 
 from models.adapter_base import VQOutput
 from models.model_adapter import create_model
-from tests.helpers import sample_clip_path
 from train.config import Config, config_from_dict
 
 TINY_ARGS = {"n_hid": 16, "res_channels": 8, "nb_res_layers": 1, "n_init": 8, "vocab_size": 32}
-
-
-def bikes_frames(count: int = 8, size: int = 32) -> torch.Tensor:
-    """The first ``count`` frames of bikes.mp4, RGB, ``size`` x ``size``, in [-1, 1]."""
-    capture = cv2.VideoCapture(sample_clip_path("bikes.mp4"))
-    frames = []
-    while len(frames) < count:
-        ok, frame = capture.read()
-        assert ok, "bikes.mp4 ended early"
-        frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def make_config(model_type: str, scaling_rates, resolution: int = 32, **model_args) -> Config:

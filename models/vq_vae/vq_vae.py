@@ -4,10 +4,10 @@ from torch import nn
 
 from models.adapter_base import VQOutput
 from models.codebook_utils import perplexity_from_indices
+from models.quantizer_ema import VectorQuantizerEMA
 from models.vq_vae.decoder import Decoder
 from models.vq_vae.encoder import Encoder
 from models.vq_vae.quantizer import VectorQuantizer
-from models.vq_vae.quantizer_ema import VectorQuantizerEMA
 
 
 class VqVae2(nn.Module):

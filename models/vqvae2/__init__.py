@@ -1,5 +1,5 @@
 """VQVAE2: the hierarchical VQ-VAE-2 (one EMA codebook per level, top-down decoding)."""
-from models.vqvae2.quantizer_ema import EMAQuantizer
+from models.quantizer_ema import VectorQuantizerEMA
 from models.vqvae2.vqvae import VQVAE
 
-__all__ = ["VQVAE", "EMAQuantizer"]
+__all__ = ["VQVAE", "VectorQuantizerEMA"]

@@ -15,10 +15,10 @@ from torch import nn
 
 from models.adapter_base import VQOutput
 from models.codebook_utils import perplexity_from_indices
+from models.quantizer_ema import VectorQuantizerEMA
 from models.vqvae2.layers import CodeUpsampler, Decoder, Encoder, resampling_steps
-from models.vqvae2.quantizer_ema import EMAQuantizer
 
-# ``quantizer(nb_entries, embed_dim, decay=, commitment_cost=, dead_code_threshold=)``
+# ``quantizer(vocab_size, embed_dim, decay=, commitment_cost=, dead_code_threshold=)``
 QuantizerFactory = Callable[..., nn.Module]
 
 
@@ -27,14 +27,14 @@ class VQVAE(nn.Module):
 
     Level ``l`` codes ``(b, H / f_l, W / f_l)`` with ``f_l = prod(scaling_rates[:l + 1])``
     into ``nb_entries`` codes of ``embed_dim`` channels. ``quantizer`` builds each
-    level's codebook (default: ``EMAQuantizer``); see ``EMAQuantizer`` for the interface.
+    level's codebook (default: ``VectorQuantizerEMA``); see ``VectorQuantizerEMA`` for the interface.
     """
 
     def __init__(self, in_channels: int = 3, hidden_channels: int = 128, res_channels: int = 32,
                  nb_res_layers: int = 2, nb_levels: int = 2, embed_dim: int = 64, nb_entries: int = 512,
                  scaling_rates: Sequence[int] = (4, 2), decay: float = 0.99, commitment_cost: float = 0.25,
                  dead_code_threshold: float = 0.0, out_channels: Optional[int] = None,
-                 quantizer: QuantizerFactory = EMAQuantizer):
+                 quantizer: QuantizerFactory = VectorQuantizerEMA):
         super().__init__()
         if len(scaling_rates) != nb_levels:
             raise ValueError(

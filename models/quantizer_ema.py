@@ -1,4 +1,4 @@
-"""Codebook of one VQ-VAE-2 level, learned by exponential moving averages (VQ-VAE-2, appendix A)."""
+"""Codebook learned by exponential moving averages of its assignments (VQ-VAE appendix, VQ-VAE-2)."""
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -17,36 +17,37 @@ from models.codebook_utils import (
 )
 
 
-class EMAQuantizer(nn.Module):
+class VectorQuantizerEMA(nn.Module):
     """Nearest-code quantizer whose codes are running means of the vectors assigned to them.
 
-    The codebook ``(nb_entries, dim)`` and its statistics are buffers: the optimizer
+    The codebook ``(vocab_size, dim)`` and its statistics are buffers: the optimizer
     never sees them, and only ``commitment_cost * |z - sg(e)|^2`` reaches the encoder.
     The codes start as vectors of the first training batch (rank 0's under DDP): a
     random codebook far from the encoder's outputs would code them all with one code.
     ``cluster_size`` starts at ones and ``embed_avg`` at the codebook, as if every code
-    had been assigned itself once, so the first updates do not blow unused codes up.
+    had been assigned itself once, so the first updates do not pull the codes to zero.
     Batch counts and sums are all-reduced across DDP ranks before the update, so every
     rank keeps the same codebook. Codes whose running cluster size falls below
     ``dead_code_threshold`` are restarted from this batch's vectors (0: never).
     The math runs in fp32, also under autocast.
 
-    The interface every level quantizer of ``VQVAE`` shares:
-    ``forward(z) -> (quantized, loss, indices)`` (training mode may update statistics),
-    ``nearest(z) -> indices`` (never changes state), ``lookup(indices) -> vectors``.
+    Only a training-mode forward with autograd on changes state; ``nearest`` never does.
+    ``forward(z) -> (quantized, loss, indices)``, ``nearest(z) -> indices`` and
+    ``lookup(indices) -> vectors`` are the interface every level quantizer of
+    ``models.vqvae2.VQVAE`` shares.
     """
 
-    def __init__(self, nb_entries: int, dim: int, decay: float = 0.99, commitment_cost: float = 0.25,
+    def __init__(self, vocab_size: int, dim: int, commitment_cost: float = 0.25, decay: float = 0.99,
                  dead_code_threshold: float = 0.0, eps: float = 1e-5):
         super().__init__()
-        self.nb_entries = nb_entries
-        self.decay = decay
+        self.vocab_size = vocab_size
         self.commitment_cost = commitment_cost
+        self.decay = decay
         self.dead_code_threshold = dead_code_threshold
         self.eps = eps
-        codebook = torch.randn(nb_entries, dim)
+        codebook = torch.randn(vocab_size, dim)
         self.register_buffer("codebook", codebook)
-        self.register_buffer("cluster_size", torch.ones(nb_entries))
+        self.register_buffer("cluster_size", torch.ones(vocab_size))
         self.register_buffer("embed_avg", codebook.clone())
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -55,11 +56,12 @@ class EMAQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = flatten_channels_last(z.detach())
-            if self.training and not self.initialized:
+            updating = self.training and torch.is_grad_enabled()  # encoding under no_grad stays pure
+            if updating and not self.initialized:
                 self._initialize(flat)
             indices = self.nearest(z)
             quantized = self.lookup(indices)
-            if self.training:  # after the lookup: this batch is coded with the codebook it was assigned to
+            if updating:  # after the lookup: this batch is coded with the codebook it was assigned to
                 self._update(flat, indices.flatten())
             loss = self.commitment_cost * F.mse_loss(z, quantized)
             quantized = z + (quantized - z).detach()  # straight-through gradient to the encoder
@@ -78,17 +80,17 @@ class EMAQuantizer(nn.Module):
 
     @torch.no_grad()
     def _initialize(self, flat: torch.Tensor) -> None:
-        self.codebook.copy_(broadcast_(sample_vectors(flat, self.nb_entries)))
+        self.codebook.copy_(broadcast_(sample_vectors(flat, self.vocab_size)))
         self.embed_avg.copy_(self.codebook)
         self.initialized.fill_(True)
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        counts = all_reduce_sum_(code_histogram(indices, self.nb_entries))
+        counts = all_reduce_sum_(code_histogram(indices, self.vocab_size))
         sums = all_reduce_sum_(torch.zeros_like(self.embed_avg).index_add_(0, indices, flat))
         ema_inplace(self.cluster_size, counts, self.decay)
         ema_inplace(self.embed_avg, sums, self.decay)
-        sizes = laplace_smoothing(self.cluster_size, self.nb_entries, self.eps)
+        sizes = laplace_smoothing(self.cluster_size, self.vocab_size, self.eps)
         self.codebook.copy_(self.embed_avg / sizes[:, None])
         if self.dead_code_threshold > 0:
             dead = self.cluster_size < self.dead_code_threshold
