@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints a table whose last line is its headline ratio."""
