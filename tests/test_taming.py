@@ -297,7 +297,9 @@ def test_generator_step(frames, loss_module, step, disc_factor):
     assert set(log) == {f"train/{k}" for k in ("total_loss", "quant_loss", "nll_loss", "rec_loss", "p_loss",
                                                "d_weight", "disc_factor", "g_loss")}
     assert torch.isfinite(loss) and float(log["train/disc_factor"]) == disc_factor
-    assert float(log["train/d_weight"]) > 0
+    # before disc_start the discriminator is not even run: no adaptive weight, no generator loss
+    assert (float(log["train/d_weight"]) > 0) == (disc_factor > 0)
+    assert (float(log["train/g_loss"]) != 0) == (disc_factor > 0)
     expected = log["train/nll_loss"] + log["train/d_weight"] * disc_factor * log["train/g_loss"] + out.vq_loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()

@@ -89,11 +89,17 @@ class VQLPIPSWithDiscriminator(nn.Module):
             p_loss = torch.zeros((), device=inputs.device)
         nll_loss = rec_loss.mean()
 
-        g_loss = -self._logits(reconstructions, cond).mean()
-        if last_layer is not None and torch.is_grad_enabled() and g_loss.requires_grad:
-            d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
-        else:  # no graph to differentiate (validation): upstream falls back to 0 as well
-            d_weight = torch.zeros((), device=inputs.device)
+        zero = torch.zeros((), device=inputs.device)
+        if disc_factor == 0:
+            # Before disc_start the GAN term is multiplied by 0: skip the discriminator pass and the
+            # two gradient computations of the adaptive weight (upstream pays for them anyway).
+            g_loss, d_weight = zero, zero
+        else:
+            g_loss = -self._logits(reconstructions, cond).mean()
+            if last_layer is not None and torch.is_grad_enabled() and g_loss.requires_grad:
+                d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
+            else:  # no graph to differentiate (validation): upstream falls back to 0 as well
+                d_weight = zero
         loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
 
         log = {
