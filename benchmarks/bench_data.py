@@ -25,7 +25,7 @@ process's resident memory (its high-water mark, Linux), against the cache's boun
 
 The last line is the headline: the smallest random / sequential ratio over the videos.
 
-    python benchmarks/bench_data.py [--clips 400] [--long-clips 100] [--loops 8]
+    python benchmarks/bench_data.py [--clips 400] [--long-clips 400] [--loops 8]
                                     [--sequence-length 8] [--size 128] [--repeats 2]
                                     [--videos A.mp4 B.mp4 ...]
 """
@@ -133,8 +133,8 @@ def measure_memory(path: str, clips: int, sequence_length: int, size: tuple) -> 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=400, help="clips drawn per pass (default 400)")
-    parser.add_argument("--long-clips", type=int, default=100,
-                        help="clips drawn per pass from the looped long video (default 100; it is slow)")
+    parser.add_argument("--long-clips", type=int, default=400,
+                        help="clips drawn per pass from the looped long video (default 400: several chunk groups)")
     parser.add_argument("--loops", type=int, default=8,
                         help="times bikes.mp4 is looped into the long video; 0 leaves it out (default 8)")
     parser.add_argument("--sequence-length", type=int, default=8, help="frames per clip (default 8)")

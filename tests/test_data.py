@@ -144,3 +144,22 @@ def test_hostile_images_are_used_or_skipped(tmp_path, caplog):
     assert dataset.skipped == 1  # the zero-byte file, at start
     assert clip.shape == (len(files), 8, 12, 3) and clip.dtype == torch.uint8
     assert "fake.jpg" in " ".join(r.message for r in caplog.records)  # unreadable: warned, replaced
+
+
+def test_chunked_sampling_keeps_clip_starts_uniform():
+    from train.video_utils import ChunkPlan
+
+    counts, length = [700, 40], 4
+    plan = ChunkPlan(counts, length, cache_frames=400, seed=3)
+    assert len(plan.chunks) > len(counts)  # the long file is split into chunks
+    draws = [plan.locate(k)[:2] for k in range(40000)]
+    starts_total = sum(c - length + 1 for c in counts)
+    share_short = sum(i == 1 for i, _ in draws) / len(draws)
+    assert abs(share_short - (counts[1] - length + 1) / starts_total) < 0.02
+    long_starts = np.array([s for i, s in draws if i == 0])
+    assert long_starts.min() >= 0 and long_starts.max() <= counts[0] - length
+    histogram, _ = np.histogram(long_starts, bins=8, range=(0, counts[0] - length + 1))
+    assert histogram.min() > 0.8 * histogram.mean()  # flat across the whole file
+    # consecutive samples mostly come from different places (chunks are drawn with replacement)
+    same = sum(plan.locate(k)[2] == plan.locate(k + 1)[2] for k in range(2000))
+    assert same < 0.5 * 2000

@@ -17,7 +17,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Reading forward this many frames is cheaper than a seek (which decodes from a keyframe).
-MAX_FORWARD_GAP = 256
+MAX_FORWARD_GAP = 48
 
 
 def resize_rgb(frame_bgr: np.ndarray, size: tuple) -> np.ndarray:
@@ -27,16 +27,22 @@ def resize_rgb(frame_bgr: np.ndarray, size: tuple) -> np.ndarray:
         frame = (frame >> 8).astype(np.uint8)
     elif frame.dtype != np.uint8:
         frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if frame.ndim == 2 or frame.shape[2] == 1:
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[..., 0]
+    height, width = size
+    # Halving with pyrDown first is several times cheaper than one INTER_AREA at a large
+    # fractional scale, and colour conversion is cheaper on the small frame.
+    while frame.shape[0] >= 4 * height and frame.shape[1] >= 4 * width:
+        frame = cv2.pyrDown(frame)
+    if frame.shape[:2] != (height, width):
+        shrinking = frame.shape[0] > height or frame.shape[1] > width
+        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
     elif frame.shape[2] == 4:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
     else:
         frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    height, width = size
-    if frame.shape[:2] != (height, width):
-        shrinking = frame.shape[0] > height or frame.shape[1] > width
-        frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return np.ascontiguousarray(frame)
 
 
@@ -82,14 +88,23 @@ class CachedVideoReader:
         self._cache = collections.OrderedDict()  # (path, index) -> frame, LRU order
         self._captures = {}  # path -> [VideoCapture, next frame index]
 
-    def clip(self, path: str, start: int, length: int) -> Optional[np.ndarray]:
-        """``(length, H, W, 3)`` uint8 RGB frames ``start .. start+length-1``, None if unreadable."""
+    def clip(self, path: str, start: int, length: int, span: Optional[tuple] = None) -> Optional[np.ndarray]:
+        """``(length, H, W, 3)`` uint8 RGB frames ``start .. start+length-1``, None if unreadable.
+
+        ``span`` = (first, end) frames around the clip: on a cache miss the whole span is
+        decoded in one sequential pass, for the clips that will be cut from it next.
+        """
         frames = []
         for index in range(start, start + length):
             frame = self._cache.get((path, index))
             if frame is None:
-                if not self._decode_from(path, index, start + length - index):
-                    return None
+                if span is not None:
+                    first, end = span
+                    lo = first if (path, first) not in self._cache else index
+                    hi = max(end, start + length)
+                else:
+                    lo, hi = index, max(start + length, index + self.readahead)
+                self._decode_range(path, lo, hi)
                 frame = self._cache.get((path, index))
                 if frame is None:
                     return None
@@ -98,31 +113,30 @@ class CachedVideoReader:
             frames.append(frame)
         return np.stack(frames)
 
-    def _decode_from(self, path: str, index: int, needed: int) -> bool:
-        """Decode frames ``index ..`` (at least ``needed``, plus read-ahead) into the cache."""
+    def _decode_range(self, path: str, first: int, end: int) -> None:
+        """Decode frames ``first .. end-1`` into the cache (fewer if the file ends or fails)."""
         entry = self._captures.get(path)
-        if entry is None or not (entry[1] <= index <= entry[1] + MAX_FORWARD_GAP):
+        if entry is None or not (entry[1] <= first <= entry[1] + MAX_FORWARD_GAP):
             self._close(path)
             cap = cv2.VideoCapture(path)
             if not cap.isOpened():
-                return False
+                return
             position = 0
-            if index > MAX_FORWARD_GAP:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+            if first > MAX_FORWARD_GAP:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, first)
                 position = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
             entry = self._captures[path] = [cap, position]
         cap = entry[0]
-        while entry[1] < index:  # skip forward without converting
+        while entry[1] < first:  # skip forward without converting
             if not cap.grab():
-                return False
+                return
             entry[1] += 1
-        for _ in range(max(needed, self.readahead)):
+        while entry[1] < end:
             ok, frame = cap.read()
             if not ok:
-                break
+                return
             self._store(path, entry[1], resize_rgb(frame, self.size))
             entry[1] += 1
-        return (path, index) in self._cache
 
     def _store(self, path: str, index: int, frame: np.ndarray) -> None:
         self._cache[(path, index)] = frame

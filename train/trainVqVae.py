@@ -169,9 +169,9 @@ class TrainVqVae:
         b, d = images.shape[:2]
         images = rearrange(images, "b d h w c -> (b d) c h w")
         images = self.normalize(images.float() / 255.0)
-        if self.args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, b, d
+        # the rearrange is a view with NHWC strides: give the model the layout it asked for
+        layout = torch.channels_last if self.args.channels_last else torch.contiguous_format
+        return images.contiguous(memory_format=layout), b, d
 
     def _snapshot_buffers(self) -> dict:
         # EMA codebooks update inside forward; a non-finite step must not keep those updates.
@@ -190,15 +190,18 @@ class TrainVqVae:
             out = self.forward_model(images)
             losses = self.loss_calculator.compute_total_loss(images, out.recon, out.vq_loss, step, optimizer_idx=0)
         total = losses["total_loss"]
-        if not torch.isfinite(total):
+        if not self._on_all_ranks(torch.isfinite(total)):  # every DDP rank must skip together
             self._restore_buffers(snapshot)
             return None
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        max_norm = self.args.grad_clip if self.args.grad_clip else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self.args.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]], self.args.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # equal on all ranks after all-reduce
             self.optimizer.zero_grad(set_to_none=True)
             self._restore_buffers(snapshot)
             return None
@@ -277,7 +280,7 @@ class TrainVqVae:
                     self.log_mgr.log_images(step, images, recon, b, d, self.unnormalize)
                 if step % args.save_interval == 0:
                     self.save(step)
-                if self.stop:
+                if self._on_any_rank(bool(self.stop)):  # ranks stop at the same step
                     status = "interrupted"
                     break
             if status == "finished" and self.validation_loader is not None and self.start_step < self.num_steps:
@@ -297,6 +300,17 @@ class TrainVqVae:
         self.logger.info("%s at step %d after %s; last checkpoint: %s", status, step, format_duration(elapsed),
                          self.last_checkpoint)
         return self._write_summary(status, step)
+
+    def _on_all_ranks(self, flag) -> bool:
+        """``flag`` (bool or 0-dim tensor) on every DDP rank; the flag itself in one process."""
+        if self.world_size == 1:
+            return bool(flag)
+        value = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(1)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        return not self._on_all_ranks(not flag)
 
     def _train_metrics(self, logs: dict) -> dict:
         names = {"total_loss": "train/loss/total", "recon_error": "train/loss/recon", "vq_loss": "train/loss/vq",

@@ -66,8 +66,50 @@ def shard_files(files: list, shard_id: int, num_shards: int) -> list:
     return files[shard_id::num_shards]
 
 
-def _sample_rng(seed: int, k: int) -> np.random.Generator:
-    return np.random.default_rng([seed, k])
+def _sample_rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+# Training clips are cut from chunks of consecutive frames, each decoded once in one
+# sequential pass: a seek decodes from the previous keyframe, so independent random
+# clips would cost several times the sequential decode rate.
+CHUNK_STARTS = 512  # clip starts per chunk (fewer when the frame cache is small)
+INTERLEAVE = 2  # chunks in use at once: consecutive samples come from different places
+
+
+class ChunkPlan:
+    """Which chunk, and which start in it, sample ``k`` of the training stream uses.
+
+    Every file's valid clip starts are tiled into chunks of ``chunk_starts``. Each group
+    of samples draws ``INTERLEAVE`` chunks with probability proportional to their number
+    of starts, and each sample a uniformly random start within its chunk — so every
+    clip start is exactly as likely as in plain uniform sampling.
+    """
+
+    def __init__(self, frame_counts: list, sequence_length: int, cache_frames: int, seed: int):
+        self.seed = seed
+        self.sequence_length = sequence_length
+        chunk_starts = max(1, min(CHUNK_STARTS, cache_frames // INTERLEAVE - sequence_length + 1))
+        self.chunks = [(i, lo, min(lo + chunk_starts, count - sequence_length + 1))
+                       for i, count in enumerate(frame_counts)
+                       for lo in range(0, count - sequence_length + 1, chunk_starts)]
+        sizes = np.array([hi - lo for _, lo, hi in self.chunks], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+        # about one pass over a chunk's frames per chunk: its frames are used once on average
+        self.group = INTERLEAVE * max(1, -(-(chunk_starts + sequence_length - 1) // sequence_length))
+        self._last = (None, None)
+
+    def _group_chunks(self, g: int) -> np.ndarray:
+        if self._last[0] != g:
+            self._last = (g, _sample_rng(self.seed, g, 1).choice(len(self.chunks), INTERLEAVE, p=self.weights))
+        return self._last[1]
+
+    def locate(self, k: int) -> tuple:
+        """(file index, start frame, (first, end) frames of the chunk)."""
+        g, r = divmod(k, self.group)
+        i, lo, hi = self.chunks[self._group_chunks(g)[r % INTERLEAVE]]
+        start = lo + int(_sample_rng(self.seed, k).integers(hi - lo))
+        return i, start, (lo, hi + self.sequence_length - 1)
 
 
 class VideoDataset(Dataset):
@@ -109,22 +151,25 @@ class VideoDataset(Dataset):
                 for i, count in enumerate(self.frame_counts)
                 for start in np.unique(np.linspace(0, count - sequence_length, clips_per_file).round())
             ]
-        self.reader = CachedVideoReader(size, cache_frames=max(cache_frames, 4 * sequence_length + 64))
+        cache_frames = max(cache_frames, 4 * sequence_length + 64)
+        self.reader = CachedVideoReader(size, cache_frames=cache_frames)
+        self.plan = ChunkPlan(self.frame_counts, sequence_length, cache_frames, seed)
 
     def __len__(self) -> int:
         return len(self.clips) if self.clips is not None else len(self.files)
 
     def locate(self, k: int) -> tuple:
         """(file index, start frame) of sample ``k``."""
+        return self._locate(k)[:2]
+
+    def _locate(self, k: int) -> tuple:
         if self.clips is not None:
-            return self.clips[k]
-        rng = _sample_rng(self.seed, k)
-        i = int(rng.integers(len(self.files)))
-        return i, int(rng.integers(self.frame_counts[i] - self.sequence_length + 1))
+            return (*self.clips[k], None)
+        return self.plan.locate(k)
 
     def __getitem__(self, k: int):
-        i, start = self.locate(k)
-        clip = self.reader.clip(self.files[i], start, self.sequence_length)
+        i, start, span = self._locate(k)
+        clip = self.reader.clip(self.files[i], start, self.sequence_length, span)
         if clip is None:
             # Frame counts in containers can overstate: fall back to the last readable clip.
             clip = self._readable_clip(i, start)
