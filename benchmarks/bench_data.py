@@ -25,7 +25,7 @@ process's resident memory (its high-water mark, Linux), against the cache's boun
 
 The last line is the headline: the smallest random / sequential ratio over the videos.
 
-    python benchmarks/bench_data.py [--clips 400] [--long-clips 400] [--loops 8]
+    python benchmarks/bench_data.py [--clips 400] [--long-clips 800] [--loops 16]
                                     [--sequence-length 8] [--size 128] [--repeats 2]
                                     [--videos A.mp4 B.mp4 ...]
 """
@@ -133,10 +133,10 @@ def measure_memory(path: str, clips: int, sequence_length: int, size: tuple) -> 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=400, help="clips drawn per pass (default 400)")
-    parser.add_argument("--long-clips", type=int, default=400,
-                        help="clips drawn per pass from the looped long video (default 400: several chunk groups)")
-    parser.add_argument("--loops", type=int, default=8,
-                        help="times bikes.mp4 is looped into the long video; 0 leaves it out (default 8)")
+    parser.add_argument("--long-clips", type=int, default=800,
+                        help="clips drawn per pass from the looped long video (default 800: several chunk groups)")
+    parser.add_argument("--loops", type=int, default=16,
+                        help="times bikes.mp4 is looped into the long video; 0 leaves it out (default 16: 4000 frames, twice the default frame cache)")
     parser.add_argument("--sequence-length", type=int, default=8, help="frames per clip (default 8)")
     parser.add_argument("--size", type=int, default=128, help="square training resolution (default 128)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats, best kept (default 2)")

@@ -48,7 +48,7 @@ class DataArgs:
     shard_id: Optional[int] = attrs.field(default=None, validator=non_negative)
     num_shards: Optional[int] = attrs.field(default=None, validator=positive)
     # Frames the loader keeps decoded per worker (at training resolution) to cut clips from.
-    initial_prefetch_size: int = attrs.field(default=1024, validator=positive)
+    initial_prefetch_size: int = attrs.field(default=2048, validator=positive)
     # (height, width) every frame is resized to on read; an int means square.
     resolution: Union[int, list[int]] = attrs.field(default=64)
     prefetch_factor: int = attrs.field(default=2, validator=positive)

@@ -98,9 +98,9 @@ class CachedVideoReader:
         for index in range(start, start + length):
             frame = self._cache.get((path, index))
             if frame is None:
-                if span is not None:
+                if span is not None:  # decode the rest of the span from its first missing frame
                     first, end = span
-                    lo = first if (path, first) not in self._cache else index
+                    lo = next((j for j in range(first, index) if (path, j) not in self._cache), index)
                     hi = max(end, start + length)
                 else:
                     lo, hi = index, max(start + length, index + self.readahead)

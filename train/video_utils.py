@@ -121,7 +121,7 @@ class VideoDataset(Dataset):
     """
 
     def __init__(self, filenames: list, sequence_length: int, size: tuple, seed: int = 0,
-                 cache_frames: int = 1024, clips_per_file: Optional[int] = None, folder: str = "data"):
+                 cache_frames: int = 2048, clips_per_file: Optional[int] = None, folder: str = "data"):
         self.sequence_length = sequence_length
         self.size = size
         self.seed = seed
@@ -294,7 +294,7 @@ class DataLoaderWrapper:
 
 
 def video_pipe(filenames, config_path="param.json", batch_size=4, num_threads=0, device_id=0,
-               sequence_length=8, shard_id=0, num_shards=1, initial_prefetch_size=1024, seed=2025,
+               sequence_length=8, shard_id=0, num_shards=1, initial_prefetch_size=2048, seed=2025,
                random_shuffle=True, config=None, start_sample=0, validation=False,
                clips_per_file=8, folder="data"):
     """A ``DataLoaderWrapper`` over videos (or images when the config says ``use_images``).
