@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Stopwatch, format_table, merge, write
-from train.config import config_from_dict
+from benchmarks.common import Stopwatch, format_table, write
+from train.config import config_from_dict, deep_merge
 from train.train_custom_videos import build_trainer
 
 TARGET = 0.95
@@ -110,7 +110,7 @@ PEAK_TFLOPS = [
 
 
 def make_config(data: dict, folder: str):
-    return config_from_dict(merge(merge(COMMON, data), {"train_args": {"folder_name": folder}}))
+    return config_from_dict(deep_merge(deep_merge(COMMON, data), {"train_args": {"folder_name": folder}}))
 
 
 def real_frames(trainer) -> torch.Tensor:
@@ -180,9 +180,9 @@ def peak_tflops(device_name: str) -> tuple:
 
 def images_per_second(data: dict, precision: str, batch: int, steps: int, folder: str, device: str = "cuda") -> dict:
     """Images/s and FLOP/s of the framework's step for the config ``data`` in ``precision``."""
-    data = merge(data, {"data_args": {"batch_size": batch},
+    data = deep_merge(data, {"data_args": {"batch_size": batch},
                         "train_args": {"precision": precision, "folder_name": folder, "device": device}})
-    trainer = build_trainer(config_from_dict(merge(COMMON, data)), device)
+    trainer = build_trainer(config_from_dict(deep_merge(COMMON, data)), device)
     trainer.model.train()
     frames = real_frames(trainer)
     with FlopCounterMode(display=False) as counter:

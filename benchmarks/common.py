@@ -3,7 +3,6 @@
 The machines these run on are shared and noisy, so every script measures the things it
 compares alternately in one process and reports ratios; absolute rates are context.
 """
-import copy
 import sys
 import time
 
@@ -43,17 +42,6 @@ def rss_mib(field: str = "VmRSS") -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    """A deep copy of ``base`` with ``overrides`` merged in, section by section."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def format_table(headers: list, rows: list) -> str:

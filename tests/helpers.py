@@ -1,10 +1,11 @@
 """Shared test helpers: tiny configs on the built-in clips, and synthetic files for hostile-input tests."""
-import copy
 import json
 import os
 
 import cv2
 import numpy as np
+
+from train.config import deep_merge
 
 TINY = {
     "model_type": "VqVae2",
@@ -19,14 +20,7 @@ TINY = {
 }
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+merge = deep_merge  # the tests' short name
 
 
 def tiny_config(tmp_path, **overrides) -> dict:

@@ -5,6 +5,7 @@ The JSON keeps the design document's shape (``model_type``, ``use_images``,
 ``use_wandb``, ``project_name``). ``model_args`` is checked by the chosen model
 family's own ``args_class``, so each family's names are validated too.
 """
+import copy
 import json
 import os
 from typing import Any, Literal, Optional, Union
@@ -190,6 +191,17 @@ def _without_comments(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(("_", "//")))}
     return data
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """A copy of config data ``base`` with ``overrides`` merged in, section by section."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def load_config(path: str) -> Config:
