@@ -115,6 +115,7 @@ class TrainVqVae:
         self.best = {}
         self.nonfinite_skipped = 0
         self.last_checkpoint = None
+        self.code_prior = None  # code frequencies for the codec, measured at the end of training
         self.stop = StopRequest(self.logger)
         self._resume()
 
@@ -422,7 +423,7 @@ class TrainVqVae:
             "best": dict(self.best),
         }
         payload.update(self.loss_calculator.state_dict())
-        if getattr(self, "code_prior", None) is not None:
+        if self.code_prior is not None:
             payload["code_prior"] = self.code_prior
         return payload
 
@@ -431,7 +432,7 @@ class TrainVqVae:
         if not self.is_main:
             return None
         path = os.path.join(self.checkpoint_dir, checkpoint_name(step))
-        if final and path == self.last_checkpoint and not getattr(self, "code_prior", None):
+        if final and path == self.last_checkpoint and self.code_prior is None:
             return path
         save_checkpoint(self._checkpoint_payload(step), path)
         prune_checkpoints(self.checkpoint_dir, self.args.keep_last)
