@@ -125,3 +125,13 @@ def test_best_checkpoints_appear_only_when_a_metric_improves(tmp_path):
     assert load_checkpoint(os.path.join(folder, "best_psnr.pth.tar"))["steps"] == 5
     assert load_checkpoint(os.path.join(folder, "best_loss.pth.tar"))["steps"] == 6
     assert sorted(os.listdir(folder)) == ["best_loss.pth.tar", "best_lpips.pth.tar", "best_psnr.pth.tar"]
+
+
+def test_image_mode_trains_on_the_builtin_photos(tmp_path):
+    trainer = make_trainer(tmp_path, name="images", use_images=True,
+                           data_process={"train": "builtin:train", "vaild": "builtin:valid"},
+                           train_args={"num_steps": 6, "validation_interval": 6, "wandb_log_interval": 1})
+    assert trainer.train()["status"] == "finished"
+    val = [m for m in read_metrics(trainer.run_dir) if "val/stats/psnr" in m]
+    assert len(val) == 2 and "val/stats/temporal" not in val[-1]
+    assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]

@@ -366,6 +366,8 @@ class TrainVqVae:
                 extra = self.metrics.compute_all(images, recon, recon_error, out.perplexity, out.indices, b, d,
                                                  compute_fid_lpips=True)
                 values.update({k: v for k, v in extra.items() if k != "psnr" and v is not None})
+                if self.config.use_images:  # a "sequence" of independent images has no motion
+                    values.pop("temporal", None)
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
