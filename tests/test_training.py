@@ -135,3 +135,13 @@ def test_image_mode_trains_on_the_builtin_photos(tmp_path):
     val = [m for m in read_metrics(trainer.run_dir) if "val/stats/psnr" in m]
     assert len(val) == 2 and "val/stats/temporal" not in val[-1]
     assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
+
+
+def test_init_from_loads_weights_but_starts_a_fresh_run(tmp_path):
+    first = make_trainer(tmp_path, train_args={"num_steps": 3, "validation_interval": 100, "save_interval": 3})
+    first.train()
+    ckpt = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    second = make_trainer(tmp_path, name="finetune", train_args={"init_from": ckpt, "num_steps": 3})
+    assert second.start_step == 0
+    saved = load_checkpoint(ckpt)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in second.model.state_dict().items())
