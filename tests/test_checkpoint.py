@@ -82,3 +82,13 @@ def test_rng_state_round_trips_through_a_safe_load(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(str(tmp_path / "rng.pth"))["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_orphaned_temp_files_of_a_killed_save_are_removed(tmp_path):
+    from train.atomic_files import remove_orphaned_temp_files
+
+    save_checkpoint(payload(1), str(tmp_path / checkpoint_name(1)))
+    (tmp_path / ".tmp_abc123checkpoint_step00000002.pth.tar").write_bytes(b"half a checkpoint")
+    assert remove_orphaned_temp_files(str(tmp_path)) == 1
+    assert os.listdir(tmp_path) == [checkpoint_name(1)]
+    assert remove_orphaned_temp_files(str(tmp_path / "missing")) == 0

@@ -4,8 +4,11 @@ A crash or a kill at any moment leaves either the previous file or the new one, 
 partial file, and no temporary file survives a failure that Python sees.
 """
 import contextlib
+import glob
 import os
 import tempfile
+
+TEMP_PREFIX = ".tmp_"
 
 
 def _umask() -> int:
@@ -32,7 +35,7 @@ def atomic_path(path: str):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=directory)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
     try:
@@ -51,3 +54,14 @@ def atomic_write(path: str, write) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             write(fh)
+
+
+def remove_orphaned_temp_files(directory: str) -> int:
+    """Delete temporary files a killed writer left in ``directory`` (SIGKILL cannot be cleaned up after).
+
+    Call it only when no other writer uses the folder. Returns how many were removed.
+    """
+    orphans = glob.glob(os.path.join(glob.escape(directory), TEMP_PREFIX + "*"))
+    for path in orphans:
+        os.remove(path)
+    return len(orphans)

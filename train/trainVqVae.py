@@ -30,6 +30,7 @@ from train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from train.atomic_files import remove_orphaned_temp_files
 from train.config import Config, load_config
 from train.lossconfig import build_loss_calculator
 from train.train_utils import autocast, format_duration, psnr_from_mse
@@ -117,6 +118,8 @@ class TrainVqVae:
         self.last_checkpoint = None
         self.code_prior = None  # code frequencies for the codec, measured at the end of training
         self.stop = StopRequest(self.logger)
+        if self.is_main and remove_orphaned_temp_files(self.checkpoint_dir):
+            self.logger.warning("removed the partial file of a killed save in %s", self.checkpoint_dir)
         self._resume()
 
     # -- resume -----------------------------------------------------------------
