@@ -4,6 +4,8 @@ import os
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from train.config import deep_merge
 
@@ -59,7 +61,6 @@ def real_frames(n: int = 8, size=32):
 
     ``size`` is one side or ``(height, width)``; frames shrink with INTER_AREA.
     """
-    import torch
 
     height, width = (size, size) if isinstance(size, int) else size
     capture = cv2.VideoCapture(sample_clip_path("bikes.mp4"))
@@ -71,3 +72,17 @@ def real_frames(n: int = 8, size=32):
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_steps(adapter, x, steps, lr=3e-3):
+    """Plain loop (MSE + vq_loss, Adam); returns the per-step outputs."""
+    optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        out = adapter(x)
+        loss = F.mse_loss(out.recon, x) + out.vq_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(out)
+    return history

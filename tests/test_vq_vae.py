@@ -28,20 +28,6 @@ def make_adapter(seed=0, **model_args):
     return VqVae2Adapter(config.model_args, config)
 
 
-def train_steps(adapter, x, steps, lr=3e-3):
-    """Plain loop (MSE + vq_loss, Adam); returns the per-step outputs."""
-    optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=lr)
-    history = []
-    for _ in range(steps):
-        out = adapter(x)
-        loss = F.mse_loss(out.recon, x) + out.vq_loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(out)
-    return history
-
-
 @pytest.fixture(scope="module")
 def real_frames():
     """8 consecutive frames of the sample street clip, 32x32, in [-1, 1]: two clips of 4."""
@@ -111,7 +97,7 @@ def test_ema_statistics_are_buffers_not_parameters():
 
 def test_ema_codebook_keeps_perplexity_above_floor(real_frames):
     adapter = make_adapter(decay=0.99)
-    history = train_steps(adapter, real_frames, steps=50)
+    history = helpers.train_steps(adapter, real_frames, steps=50)
     perplexities = [float(out.perplexity) for out in history[1:]]
     assert min(perplexities) > 3.0, perplexities  # the original collapsed to 1 code in two steps
 
@@ -128,7 +114,7 @@ def test_dead_code_restart_revives_a_far_away_codebook(decay, real_frames):
             if decay:  # start from this codebook, not from the first batch's vectors
                 quantizer.embed_avg.copy_(quantizer.codebook)
                 quantizer.initialized.fill_(True)
-        history = train_steps(adapter, real_frames, steps=10)
+        history = helpers.train_steps(adapter, real_frames, steps=10)
         return int(history[-1].indices.unique().numel())
 
     assert codes_used(threshold=0.0) == 1
@@ -138,7 +124,7 @@ def test_dead_code_restart_revives_a_far_away_codebook(decay, real_frames):
 @pytest.mark.parametrize("decay", QUANTIZERS.values(), ids=QUANTIZERS.keys())
 def test_decode_of_encode_equals_forward_in_eval_mode(decay, real_frames):
     adapter = make_adapter(decay=decay)
-    train_steps(adapter, real_frames, steps=3)
+    helpers.train_steps(adapter, real_frames, steps=3)
     adapter.eval()
     with torch.no_grad():
         out = adapter(real_frames)
@@ -151,7 +137,7 @@ def test_decode_of_encode_equals_forward_in_eval_mode(decay, real_frames):
 @pytest.mark.parametrize("decay", QUANTIZERS.values(), ids=QUANTIZERS.keys())
 def test_encode_never_changes_state(decay, train_mode, real_frames):
     adapter = make_adapter(decay=decay)
-    train_steps(adapter, real_frames, steps=2)
+    helpers.train_steps(adapter, real_frames, steps=2)
     adapter.train(train_mode)
     before = {k: v.clone() for k, v in adapter.state_dict().items()}
 
@@ -181,7 +167,7 @@ def test_quantizer_runs_in_fp32_under_autocast(real_frames):
 @pytest.mark.parametrize("decay", QUANTIZERS.values(), ids=QUANTIZERS.keys())
 def test_state_dict_round_trip(decay, real_frames, tmp_path):
     adapter = make_adapter(decay=decay)
-    train_steps(adapter, real_frames, steps=3)
+    helpers.train_steps(adapter, real_frames, steps=3)
     assert list(adapter.state_dict()) == list(adapter.model.state_dict())
     path = tmp_path / "weights.pt"
     torch.save(adapter.state_dict(), path)
@@ -199,7 +185,7 @@ def test_state_dict_round_trip(decay, real_frames, tmp_path):
 @pytest.mark.parametrize("decay", QUANTIZERS.values(), ids=QUANTIZERS.keys())
 def test_overfits_one_real_batch(decay, real_frames):
     adapter = make_adapter(decay=decay)
-    history = train_steps(adapter, real_frames, steps=30, lr=1e-2)
+    history = helpers.train_steps(adapter, real_frames, steps=30, lr=1e-2)
     first = F.mse_loss(history[0].recon, real_frames).item()
     last = F.mse_loss(history[-1].recon, real_frames).item()
     assert last < 0.6 * first, (first, last)

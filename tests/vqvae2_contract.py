@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from models.adapter_base import VQOutput
 from models.model_adapter import create_model
+from tests.helpers import train_steps
 from train.config import Config, config_from_dict
 
 TINY_ARGS = {"n_hid": 16, "res_channels": 8, "nb_res_layers": 1, "n_init": 8, "vocab_size": 32}
@@ -65,16 +66,10 @@ def recon_loss(adapter, frames: torch.Tensor) -> float:
 
 def check_overfits(adapter, frames: torch.Tensor, steps: int = 30, lr: float = 3e-3) -> tuple:
     """30 Adam steps on one real batch cut the reconstruction error by more than 60%."""
-    optimizer = torch.optim.Adam(adapter.trainable_parameters(), lr=lr)
     adapter.eval()
     before = recon_loss(adapter, frames)
     adapter.train()
-    for _ in range(steps):
-        out = adapter(frames)
-        loss = F.mse_loss(out.recon, frames) + out.vq_loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_steps(adapter, frames, steps, lr)
     adapter.eval()
     after = recon_loss(adapter, frames)
     assert after < 0.4 * before, (before, after)

@@ -211,16 +211,13 @@ class TrainVqVae:
             return None
         self.scaler.step(self.optimizer)  # skips the step itself on fp16 overflow
         self.scaler.update()
-        recon = out.recon.detach()
         disc_logs = self.loss_calculator.discriminator_step(
-            images, recon, out.vq_loss.detach(), step, scaler=self.scaler if self.scaler.is_enabled() else None
+            images, out.recon.detach(), out.vq_loss.detach(), step,
+            scaler=self.scaler if self.scaler.is_enabled() else None,
         )
-        with torch.no_grad():
-            mse = F.mse_loss(recon.float(), images.float()).item()
         logs = {key: _scalar(value) for key, value in losses.items() if key != "log_dict"}
         logs.update({f"taming/{k}": _scalar(v) for k, v in losses.get("log_dict", {}).items()})
         logs.update({f"disc/{k}": _scalar(v) for k, v in disc_logs.items()})
-        logs["mse"] = mse
         logs["perplexity"] = _scalar(out.perplexity)
         logs["grad_norm"] = _scalar(grad_norm)
         return logs
@@ -261,7 +258,7 @@ class TrainVqVae:
                 step += 1
                 if step % args.lr_decay_interval == 0:
                     self.scheduler.step()
-                logs["psnr"] = psnr_from_mse(logs["mse"])
+                logs["psnr"] = psnr_from_mse(logs["recon_error"])  # recon_error is always the MSE
                 self.logger.debug("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
                 if bar is not None:
                     bar.update(1)
@@ -322,7 +319,7 @@ class TrainVqVae:
                  "g_loss": "train/loss/g", "gan_loss": "train/loss/gan", "disc_factor": "train/gan/disc_factor",
                  "lambda_gan": "train/gan/lambda", "psnr": "train/stats/psnr", "perplexity": "train/stats/perplexity",
                  "grad_norm": "train/stats/grad_norm"}
-        metrics = {names.get(k, f"train/{k}"): v for k, v in logs.items() if k != "mse"}
+        metrics = {names.get(k, f"train/{k}"): v for k, v in logs.items()}
         metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["train/nonfinite_skipped"] = self.nonfinite_skipped
         return metrics

@@ -89,6 +89,15 @@ def _stage(children: dict) -> nn.Module:
     return stage
 
 
+def _blocks(stage: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """A level's residual blocks, each followed by its attention block where the level has them."""
+    for i, block in enumerate(stage.block):
+        h = block(h)
+        if len(stage.attn) > 0:
+            h = stage.attn[i](h)
+    return h
+
+
 class Encoder(nn.Module):
     """Image ``(B, in_channels, H, W)`` -> latent ``(B, z_channels [x2 if double_z], H/f, W/f)``, f = 2**(len(ch_mult)-1).
 
@@ -128,10 +137,7 @@ class Encoder(nn.Module):
     def forward(self, x):
         h = self.conv_in(x)
         for stage in self.down:
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn) > 0:
-                    h = stage.attn[i](h)
+            h = _blocks(stage, h)
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
@@ -178,10 +184,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for stage in reversed(self.up):
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn) > 0:
-                    h = stage.attn[i](h)
+            h = _blocks(stage, h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
