@@ -15,6 +15,12 @@ import logging
 import os
 import sys
 
+from core.config_schema import ConfigError
+from multitask.devices import visible_gpus
+from multitask.plan import make_plan, run_plan
+from multitask.summary import format_table
+from train.train_custom_videos import main as train_main
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "param.json")
 DEFAULT_TASK_DIR = os.path.join(ROOT, "multitask")
@@ -61,8 +67,6 @@ def config_files() -> list:
 
 
 def device_choices() -> list:
-    from multitask.devices import visible_gpus  # late: asks torch
-
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(len(visible_gpus()))]
 
 
@@ -71,17 +75,11 @@ def train_single(config_path: str, device) -> int:
 
     ``device`` None keeps the config's ``train_args.device``. The trainer saves a checkpoint on Ctrl-C.
     """
-    from train.train_custom_videos import main as train_main  # late: imports torch and every model
-
     return train_main(["--config", config_path] + (["--device", device] if device else []))
 
 
 def run_multi(folder: str, dry_run: bool = False, confirm: bool = False) -> int:
     """Show the plan, then (unless ``dry_run``, or declined) run it and print the summary."""
-    from multitask.plan import make_plan, run_plan
-    from multitask.summary import format_table
-    from train.config_schema import ConfigError
-
     try:
         plan = make_plan(folder)
     except ConfigError as err:

@@ -43,9 +43,9 @@ import cv2
 import imageio_ffmpeg
 
 from benchmarks.common import Stopwatch, format_table, reset_peak_rss, rss_mib, write
-from train.frame_reader import resize_rgb
-from train.sample_data import sample_video_files
-from train.video_utils import VideoDataset
+from data_utils.frame_reader import resize_rgb
+from data_utils.sample_data import sample_video_files
+from data_utils.datasets import VideoDataset
 
 TARGET = 0.8
 

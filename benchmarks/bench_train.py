@@ -44,7 +44,8 @@ from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Stopwatch, format_table, write
-from train.config import config_from_dict, deep_merge
+from core.config import deep_merge
+from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
 
 TARGET = 0.95

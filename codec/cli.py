@@ -18,9 +18,9 @@ from codec.codec import compress, decode_indices, iter_decoded, load_codec_model
 from codec.evaluate import DEFAULT_CRFS, evaluate, format_table
 from codec.prior import fit_prior_into_checkpoint
 from codec.video_io import iter_frames, video_fps, write_png_frames, write_video
-from train.atomic_files import atomic_write
-from train.checkpoint import CheckpointError
-from train.config_schema import ConfigError
+from core.atomic_files import atomic_write
+from core.checkpoint import CheckpointError
+from core.config_schema import ConfigError
 
 
 def _device(name: str) -> torch.device:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from codec.bitstream import CodecError, Header, LevelInfo, pack, unpack
 from codec.entropy import AdaptiveCoder, StaticCoder, empirical_entropy
 from codec.prior import CODE_PRIOR_KEY, CodePrior
-from models.adapter_base import as_level_list
+from core.indices import as_level_list
+from models.loaders import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class CodecModel:
 
 
 def load_codec_model(checkpoint: str, device="cpu", allow_unsafe: bool = False) -> CodecModel:
-    from train.checkpoint import model_from_checkpoint
-
     model, config, ckpt = model_from_checkpoint(checkpoint, device, allow_unsafe)
     if model.output_channels != 3:
         raise CodecError(f"{checkpoint}: the codec handles RGB models; this one has {model.output_channels} channels")

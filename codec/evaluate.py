@@ -25,7 +25,8 @@ from einops import rearrange
 from codec.bitstream import CodecError
 from codec.codec import compress, decompress, load_codec_model
 from codec.video_io import ffmpeg_exe, read_frames
-from train.atomic_files import atomic_write
+from metric_utils.metric_utils import psnr, ssim
+from core.atomic_files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class BdRate:
 
 def quality(decoded: np.ndarray, reference: np.ndarray, chunk: int = 16) -> tuple:
     """(PSNR dB, SSIM), means over frames, of uint8 ``(T, H, W, 3)`` frames."""
-    from metric_utils.metric_utils import psnr, ssim
-
     totals = np.zeros(2)
     for start in range(0, len(reference), chunk):
         pair = [rearrange(torch.from_numpy(np.ascontiguousarray(a[start:start + chunk])), "t h w c -> t c h w")

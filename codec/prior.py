@@ -20,7 +20,11 @@ from einops import rearrange
 from tqdm import tqdm
 
 from codec.bitstream import CodecError
-from models.adapter_base import as_level_list
+from core.checkpoint import save_checkpoint
+from core.indices import as_level_list
+from data_utils.files import resolve_data_files
+from data_utils.loader import build_loader
+from models.loaders import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +106,10 @@ def fit_prior_into_checkpoint(checkpoint: str, data: str, device="cpu", max_batc
                               clips_per_file: int = 32, progress: bool = False) -> dict:
     """Fit the prior of ``checkpoint``'s model on ``data`` (a folder of clips or ``builtin:train``)
     and rewrite the checkpoint with it, atomically. Returns the ``code_prior`` entry."""
-    from train.checkpoint import model_from_checkpoint, save_checkpoint
-    from train.video_utils import resolve_data_files, video_pipe
-
     model, config, ckpt = model_from_checkpoint(checkpoint, device)
     files = resolve_data_files(data, config.use_images, "--data")
-    data_args = config.data_args
-    loader = video_pipe(files, config=config, batch_size=data_args.batch_size, sequence_length=data_args.sequence_length,
-                        seed=data_args.seed, validation=True, clips_per_file=clips_per_file, folder=data)
+    loader = build_loader(files, config.data_args, config.use_images, validation=True,
+                          clips_per_file=clips_per_file, folder=data)
     entry = fit_code_prior(model, loader, device, lambda x: (x - 0.5) / 0.5, max_batches, source=data,
                            progress=progress)
     ckpt[CODE_PRIOR_KEY] = entry

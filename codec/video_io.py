@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from codec.bitstream import CodecError
-from train.atomic_files import atomic_path, atomic_write
-from train.frame_reader import read_image, resize_rgb
-from train.video_utils import IMAGE_EXTENSIONS, list_images
+from core.atomic_files import atomic_path, atomic_write
+from data_utils.frame_reader import read_image, resize_rgb
+from data_utils.files import IMAGE_EXTENSIONS, list_images
 
 DEFAULT_FPS = 25.0  # for image inputs, which have none
 

@@ -12,7 +12,7 @@ import torch
 from pytorch_fid import inception as fid_inception
 from scipy import linalg
 
-from models.pretrained import FID_INCEPTION_FILE, load_state_dict_file, require_weights
+from core.pretrained import FID_INCEPTION_FILE, load_state_dict_file, require_weights
 
 FID_DIMS = 2048  # pytorch-fid's default: the final average-pooling features
 

@@ -5,6 +5,7 @@ something over a whole pass (FID, codebook usage, the perplexity of the code
 histogram) are accumulated and read once from ``Metrics.finalize``.
 """
 import logging
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -14,16 +15,10 @@ from einops import rearrange
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from metric_utils.fid import build_fid_inception, frechet_distance, inception_features
-from models.adapter_base import Indices, as_level_list
-from models.codebook_utils import code_histogram, perplexity_from_counts, usage_from_counts
-from models.pretrained import (
-    FID_INCEPTION_FILE,
-    VGG16_FILE,
-    build_lpips,
-    find_weights,
-    missing_message,
-    require_weights,
-)
+from core.indices import Indices, as_level_list
+from core.pixels import to_model_range
+from core.pretrained import FID_INCEPTION_FILE, VGG16_FILE, find_weights, missing_message, require_weights
+from metric_utils.codebook import code_histogram, perplexity_from_counts, usage_from_counts
 
 MAX_PSNR_DB = 100.0  # identical frames: a finite number that JSON and plots can hold
 
@@ -61,11 +56,18 @@ def _resolve(setting, what: str, filename: str, key: str, explicit: Optional[str
     return True
 
 
+def psnr_from_mse(mse):
+    """PSNR in dB of a mean squared error of [0, 1] pixels (tensor or float), capped at ``MAX_PSNR_DB``."""
+    floor = 10 ** (-MAX_PSNR_DB / 10)
+    if isinstance(mse, torch.Tensor):
+        return 10 * torch.log10(1.0 / mse.clamp_min(floor))
+    return 10 * math.log10(1.0 / max(float(mse), floor))
+
+
 def psnr(pixels: torch.Tensor, reference: torch.Tensor) -> float:
     """Mean over frames of each frame's PSNR, for ``(N, C, H, W)`` pixels in [0, 1]."""
     mse = (pixels.float() - reference.float()).pow(2).flatten(1).mean(dim=1)
-    per_frame = 10 * torch.log10(1.0 / mse.clamp_min(10 ** (-MAX_PSNR_DB / 10)))
-    return float(per_frame.mean())
+    return float(psnr_from_mse(mse).mean())
 
 
 def ssim(pixels: torch.Tensor, reference: torch.Tensor) -> float:
@@ -97,10 +99,8 @@ class Metrics:
         vocab_sizes: list,
         unnormalize: Callable[[torch.Tensor], torch.Tensor],
         use_fid: bool,
-        use_lpips: bool,
+        lpips: Optional[torch.nn.Module] = None,
         fid_weights: Optional[str] = None,
-        vgg_weights: Optional[str] = None,
-        lpips_backbone: str = "vgg",
         fid_random_weights: bool = False,
     ):
         self.device = torch.device(device)
@@ -110,7 +110,7 @@ class Metrics:
             build_fid_inception(fid_weights, random_weights=fid_random_weights).to(self.device)
             if use_fid else None
         )
-        self.lpips = build_lpips(lpips_backbone, vgg_weights).to(self.device) if use_lpips else None
+        self.lpips = lpips  # the frozen LPIPS network (shared with the perceptual loss), or None
         self.reset()
 
     def reset(self) -> None:
@@ -153,7 +153,7 @@ class Metrics:
         if recon_mse is not None:
             out["mse"] = float(recon_mse)
         if compute_fid_lpips and self.lpips is not None:
-            out["lpips"] = float(self.lpips(recon_px, orig_px, normalize=True).mean())
+            out["lpips"] = float(self.lpips(to_model_range(recon_px), to_model_range(orig_px)).mean())
         if compute_fid_lpips and self.inception is not None:
             self._orig_features.append(inception_features(self.inception, orig_px))
             self._recon_features.append(inception_features(self.inception, recon_px))

@@ -5,12 +5,12 @@ overrides ``state_dict``/``load_state_dict`` prefixes away, so its keys equal th
 inner model's keys and upstream checkpoints load unchanged.
 """
 import abc
-from typing import Any, ClassVar, NamedTuple, Optional, Union
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
-Indices = Union[torch.Tensor, list]  # one tensor, or a list per level (bottom level first)
+from core.indices import Indices, as_level_list
 
 
 class VQOutput(NamedTuple):
@@ -85,7 +85,7 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
 
     @classmethod
     def check_config(cls, config: Any) -> None:
-        """Cross-section checks of the whole config (raise ``train.config_schema.Invalid``)."""
+        """Cross-section checks of the whole config (raise ``core.config_schema.Invalid``)."""
 
     def latent_shapes(self, frame_shape: tuple) -> list:
         """Index-tensor shape per level for one clip of frames shaped ``(d, C, H, W)``."""
@@ -106,12 +106,3 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
     def trainable_parameters(self):
         """Parameters the autoencoder optimizer updates (EMA buffers are not parameters)."""
         return [p for p in self.parameters() if p.requires_grad]
-
-
-def as_level_list(indices: Optional[Indices]) -> list:
-    """Indices as a list per level, whatever the model returned."""
-    if indices is None:
-        return []
-    if isinstance(indices, (list, tuple)):
-        return list(indices)
-    return [indices]

@@ -1,4 +1,4 @@
-"""Small pure helpers shared by every codebook: statistics, EMA, dead-code restart.
+"""Small pure helpers shared by every codebook: EMA, distances, DDP reductions, dead-code restart.
 
 Every quantizer uses these, so perplexity and usage mean the same thing for all
 model families, and EMA statistics stay identical across DDP ranks.
@@ -8,26 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 
-
-def code_histogram(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Counts of each code in ``indices`` (any shape), float32, length ``vocab_size``."""
-    return torch.bincount(indices.reshape(-1).long(), minlength=vocab_size).float()
-
-
-def perplexity_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of a code histogram: 1 when one code is used, V when all are used evenly."""
-    probs = counts.float() / counts.sum().clamp_min(1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
-    return torch.exp(entropy)
-
-
-def perplexity_from_indices(indices: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    return perplexity_from_counts(code_histogram(indices, vocab_size))
-
-
-def usage_from_counts(counts: torch.Tensor) -> float:
-    """Fraction of codes used at least once."""
-    return float((counts > 0).float().mean())
+from metric_utils.codebook import code_histogram, perplexity_from_counts, perplexity_from_indices  # noqa: F401
 
 
 def l2_distances(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from multitask.devices import make_slots
 from multitask.scheduler import Job, Outcome, Slot, run_jobs
 from multitask.settings import MultitaskConfig, load_multitask_config, task_files
 from multitask.summary import summary_row, write_summary
-from train.config_schema import ConfigError
+from core.config_schema import ConfigError
+from models.builders import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(ROOT, "train", "train_custom_videos.py")
@@ -75,8 +76,6 @@ def make_plan(folder: str) -> Plan:
 
 def check_task(path: str) -> Task:
     """A task file, validated as the trainer will validate it."""
-    from train.config import load_config  # late: checking model_args imports every model family
-
     try:
         return Task(path, run_dir=load_config(path).run_dir)
     except ConfigError as err:

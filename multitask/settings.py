@@ -10,7 +10,7 @@ from typing import Literal, Union
 
 import attrs
 
-from train.config_schema import ConfigError, Invalid, non_negative, positive, require, structure
+from core.config_schema import ConfigError, Invalid, non_negative, positive, require, structure
 
 CONFIG_NAME = "config.json"
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.config import deep_merge
+from core.config import deep_merge
 
 TINY = {
     "model_type": "VqVae2",

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from train.checkpoint import (
+from core.checkpoint import (
     CheckpointError,
     capture_rng_state,
     checkpoint_name,
@@ -85,7 +85,7 @@ def test_rng_state_round_trips_through_a_safe_load(tmp_path):
 
 
 def test_orphaned_temp_files_of_a_killed_save_are_removed(tmp_path):
-    from train.atomic_files import remove_orphaned_temp_files
+    from core.atomic_files import remove_orphaned_temp_files
 
     save_checkpoint(payload(1), str(tmp_path / checkpoint_name(1)))
     (tmp_path / ".tmp_abc123checkpoint_step00000002.pth.tar").write_bytes(b"half a checkpoint")

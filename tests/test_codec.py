@@ -12,7 +12,7 @@ from codec.prior import CODE_PRIOR_KEY, fit_code_prior
 from codec.video_io import read_frames, write_video
 from models.adapter_base import as_level_list
 
-model_adapter = pytest.importorskip("models.model_adapter", reason="a model family's adapter is missing")
+model_adapter = pytest.importorskip("models.builders", reason="a model family's adapter is missing")
 
 DATA_ARGS = {"sequence_length": 4, "resolution": 16, "batch_size": 2}
 TINY = {
@@ -28,8 +28,8 @@ TINY = {
 
 def tiny_checkpoint(directory, model_type: str, seed: int = 0, code_prior=None) -> str:
     """A checkpoint of an untrained tiny model, as the training loop writes it."""
-    from train.checkpoint import save_checkpoint
-    from train.config import config_from_dict
+    from core.checkpoint import save_checkpoint
+    from models.builders import config_from_dict
 
     raw = {"model_type": model_type, "data_args": DATA_ARGS, **TINY[model_type]}
     torch.manual_seed(seed)
@@ -252,7 +252,7 @@ def test_cli_refusals_are_one_line_and_leave_no_output(tmp_path, vqvae2_ckpt, ca
 
 
 def test_cli_fit_prior_rewrites_checkpoint(tmp_path, capsys):
-    from train.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint
 
     data_dir = tmp_path / "videos"
     write_video(str(data_dir / "a.mp4"), clip(frames=8, height=24, width=20), fps=25.0)

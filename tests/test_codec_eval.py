@@ -8,18 +8,18 @@ import torch
 
 from codec.evaluate import bd_rate, ffmpeg_roundtrip, quality
 
-model_adapter = pytest.importorskip("models.model_adapter", reason="a model family's adapter is missing")
+model_adapter = pytest.importorskip("models.builders", reason="a model family's adapter is missing")
 
 
 def carphone() -> str:
-    from train.sample_data import sample_video_files
+    from data_utils.sample_data import sample_video_files
 
     return sample_video_files("valid")[0]
 
 
 def tiny_checkpoint(directory) -> str:
-    from train.checkpoint import save_checkpoint
-    from train.config import config_from_dict
+    from core.checkpoint import save_checkpoint
+    from models.builders import config_from_dict
 
     raw = {"model_type": "VQVAE2", "scaling_rates": [4], "data_args": {"sequence_length": 4, "resolution": 16},
            "model_args": {"n_hid": 8, "res_channels": 4, "nb_res_layers": 1, "nb_levels": 1, "n_init": 4,

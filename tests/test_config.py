@@ -4,7 +4,9 @@ import json
 import pytest
 
 from tests.helpers import TINY, merge, tiny_config, write_config
-from train.config import ConfigError, config_from_dict, get_train_args_from_config, load_config
+from core.config import ConfigError
+from models.builders import config_from_dict, load_config
+from train.train_utils import get_train_args_from_config
 
 
 def test_default_param_json_loads():

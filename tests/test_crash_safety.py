@@ -8,7 +8,7 @@ import sys
 import time
 
 from tests.helpers import tiny_config, write_config
-from train.checkpoint import list_checkpoints, load_checkpoint
+from core.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

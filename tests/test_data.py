@@ -7,18 +7,14 @@ import pytest
 import torch
 
 from tests.helpers import TINY, merge, sample_clip_path, write_video
-from train.config import ConfigError, config_from_dict
-from train.frame_reader import resize_rgb
-from train.sample_data import sample_image_files, sample_video_files
-from train.video_utils import (
-    ImageDataset,
-    VideoDataset,
-    collate_fn,
-    list_videos,
-    resolve_data_files,
-    shard_files,
-    video_pipe,
-)
+from core.config import ConfigError
+from models.builders import config_from_dict
+from data_utils.frame_reader import resize_rgb
+from data_utils.sample_data import sample_image_files, sample_video_files
+from data_utils.datasets import ImageDataset, VideoDataset
+from data_utils.files import list_videos, resolve_data_files, shard_files
+from data_utils.loader import collate_fn
+from train.video_utils import video_pipe
 
 
 def decode_independently(path, start, length, size):
@@ -147,7 +143,7 @@ def test_hostile_images_are_used_or_skipped(tmp_path, caplog):
 
 
 def test_chunked_sampling_keeps_clip_starts_uniform():
-    from train.video_utils import ChunkPlan
+    from data_utils.datasets import ChunkPlan
 
     counts, length = [700, 40], 4
     plan = ChunkPlan(counts, length, cache_frames=400, seed=3)

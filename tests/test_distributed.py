@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.helpers import merge, sample_clip_path, tiny_config
-from train.checkpoint import list_checkpoints
-from train.config import config_from_dict
+from core.checkpoint import list_checkpoints
+from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
-from train.video_utils import VideoDataset
+from data_utils.datasets import VideoDataset
 
 WORLD_SIZE = 2
 STEPS = 3

@@ -11,7 +11,7 @@ import main
 from multitask import plan as plan_module
 from multitask.plan import make_plan, run_plan
 from multitask.settings import MultitaskConfig, task_files
-from train.config_schema import ConfigError
+from core.config_schema import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "multitask")

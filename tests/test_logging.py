@@ -14,9 +14,9 @@ from log_utils.plot import main as plot_main
 from log_utils.plot import plot_run
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.codebook_utils import flatten_channels_last, l2_distances, perplexity_from_indices
-from train.architecture import analyze_model_architecture
-from train.config import Config
-from train.config_schema import structure
+from models.architecture import analyze_model_architecture
+from core.config import Config
+from core.config_schema import structure
 
 
 def unnormalize(x):

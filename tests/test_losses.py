@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from models.gan import PatchGANDiscriminator, generator_loss, hinge_d_loss, vanilla_d_loss
-from models.pretrained import VGG16_FILE, WeightsMissingError
+from core.pretrained import VGG16_FILE, WeightsMissingError
 from tests.helpers import real_frames
-from train.config import Config
-from train.config_schema import ConfigError, structure
-from train.lossconfig import LossCalculator, VQGANLossHelper, build_loss_calculator
+from core.config import Config
+from core.config_schema import ConfigError, structure
+from train.losses import LossCalculator, VQGANLossHelper, build_loss_calculator
 
 FRAME = 32
 

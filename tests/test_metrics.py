@@ -9,8 +9,9 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from metric_utils.fid import build_fid_inception, fid_inception_architecture, frechet_distance
 from metric_utils.metric_utils import Metrics, resolve_metric_weights
-from models.pretrained import FID_INCEPTION_FILE, VGG16_FILE, WeightsMissingError
-from train.config import TrainArgs
+from core.pretrained import FID_INCEPTION_FILE, VGG16_FILE, WeightsMissingError
+from core.config import TrainArgs
+from models.perceptual import build_lpips
 
 
 def unnormalize(x):
@@ -22,7 +23,7 @@ def normalize(pixels):
 
 
 def make_metrics(vocab_sizes=(8,), **kwargs):
-    options = {"use_fid": False, "use_lpips": False, **kwargs}
+    options = {"use_fid": False, **kwargs}
     return Metrics("cpu", list(vocab_sizes), unnormalize, **options)
 
 
@@ -60,7 +61,7 @@ def test_ssim_is_one_on_identical_frames_and_falls_with_noise(frames):
 
 def test_lpips_is_zero_on_identical_frames_and_grows_with_noise(frames):
     torch.manual_seed(0)
-    metrics = make_metrics(use_lpips=True, lpips_backbone="random")
+    metrics = make_metrics(lpips=build_lpips("random"))
     scores = [metrics.compute_all(normalize(frames), normalize(noisy(frames, s)))["lpips"] for s in (0, 0.05, 0.3)]
     assert scores[0] == pytest.approx(0.0, abs=1e-6)
     assert scores[0] < scores[1] < scores[2]

@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models.model_adapter import create_model, resolve_adapter
+from models.builders import create_model, resolve_adapter
 from models.vqvae2.adapter import VQVAEArgs, model_kwargs
 from models.vqvae2.vqvae import VQVAE as HierarchicalVQVAE
 from models.vqvae2_optvq import VQVAE, SinkhornQuantizer, normalize_cost, sinkhorn
 from models.vqvae2_optvq.adapter import VqvaeOptVQAdapter, VqvaeOptVQArgs
 from tests import vqvae2_contract as contract
 from tests.helpers import real_frames
-from train.config import load_config
-from train.config_schema import ConfigError
+from models.builders import load_config
+from core.config_schema import ConfigError
 
 CONFIGS = {  # (scaling_rates, num_head) -> index shapes of 8 frames of 32 x 32, bottom level first
     ((2, 2), 1): [(8, 16, 16), (8, 8, 8)],

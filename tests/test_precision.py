@@ -9,7 +9,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from tests.helpers import tiny_config
-from train.config import config_from_dict
+from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models.adapter_base import VQOutput
-from models.pretrained import WeightsMissingError
+from core.pretrained import WeightsMissingError
 from models.taming.adapter import TRANSLATION, TamingArgs, TamingDDConfig, TamingVQGANAdapter
 from models.taming.checkpoint_loading import load_upstream_weights
 from models.taming.lpips import LPIPS
@@ -18,8 +18,8 @@ from models.taming.quantize import EMAVectorQuantizer, VectorQuantizer
 from models.taming.vqgan import EMAVQ, VQModel
 from models.taming.vqperceptual import adopt_weight, hinge_d_loss, vanilla_d_loss
 from tests.helpers import real_frames
-from train.config import Config
-from train.config_schema import ConfigError, Invalid, structure
+from core.config import Config
+from core.config_schema import ConfigError, Invalid, structure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

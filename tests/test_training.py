@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config
-from train.checkpoint import list_checkpoints, load_checkpoint
-from train.config import config_from_dict
+from core.checkpoint import list_checkpoints, load_checkpoint
+from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
-from train.trainVqVae import TrainingDiverged
+from train.trainer import TrainingDiverged
 
 
 def read_metrics(run_dir):
@@ -98,7 +98,7 @@ def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
     first = make_trainer(tmp_path, train_args={"num_steps": 2, "validation_interval": 100, "save_interval": 2})
     first.train()
     ckpt = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
-    from train.checkpoint import CheckpointError
+    from core.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"shape mismatches"):
         make_trainer(tmp_path, name="wider", model_args={"vocab_size": 64}, train_args={"checkpoint_path": ckpt})

@@ -8,8 +8,8 @@ from models.adapter_base import VQOutput
 from models.vq_vae import VectorQuantizer, VectorQuantizerEMA
 from models.vq_vae.adapter import VqVae2Adapter, VqVae2Args
 from tests import helpers
-from train.config import Config
-from train.config_schema import ConfigError, Invalid, structure
+from core.config import Config
+from core.config_schema import ConfigError, Invalid, structure
 
 SEQUENCE_LENGTH = 4
 TINY = dict(group_count=2, n_hid=8, n_blk_per_group=1, vocab_size=32, n_init=16)

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from models.model_adapter import create_model, resolve_adapter
+from models.builders import create_model, resolve_adapter
 from models.vqvae2 import VQVAE, VectorQuantizerEMA
 from models.vqvae2.adapter import MODEL_ARG_NAMES, VQVAEAdapter, VQVAEArgs, model_kwargs
 from tests import vqvae2_contract as contract
 from tests.helpers import real_frames
-from train.config import load_config
-from train.config_schema import ConfigError
+from models.builders import load_config
+from core.config_schema import ConfigError
 
 CONFIGS = {  # scaling_rates -> index shapes of 8 frames of 32 x 32, bottom level first
     (4,): [(8, 8, 8)],

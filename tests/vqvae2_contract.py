@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from models.adapter_base import VQOutput
-from models.model_adapter import create_model
+from models.builders import create_model
 from tests.helpers import train_steps
-from train.config import Config, config_from_dict
+from core.config import Config
+from models.builders import config_from_dict
 
 TINY_ARGS = {"n_hid": 16, "res_channels": 8, "nb_res_layers": 1, "n_init": 8, "vocab_size": 32}
 

@@ -15,19 +15,19 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from core.checkpoint import CheckpointError
+from core.config import Config, ConfigError
+from core.runtime import seed_everything, select_device, set_deterministic
+from data_utils.files import resolve_data_files
+from data_utils.loader import build_loader
 from log_utils.log_utils import LogManager, build_id_name
-from models.model_adapter import create_model
-from train.checkpoint import CheckpointError
-from train.config import Config, ConfigError, load_config
-from train.train_utils import (
-    analyze_model_architecture,
-    normalizers,
-    seed_everything,
-    select_device,
-    set_deterministic,
-)
-from train.trainVqVae import TrainingDiverged, TrainVqVae
-from train.video_utils import resolve_data_files, video_pipe
+from log_utils.plot import plot_run
+from metric_utils.metric_utils import Metrics, resolve_metric_weights
+from models.architecture import analyze_model_architecture
+from models.builders import create_model, load_config
+from models.perceptual import build_lpips
+from train.train_utils import normalizers
+from train.trainer import TrainingDiverged, TrainVqVae
 
 logger = logging.getLogger("vqvc")
 
@@ -95,8 +95,6 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     train_files, valid_files = _data_files(config)
     use_fid, use_lpips = False, False
     if ctx.is_main and valid_files:
-        from metric_utils.metric_utils import resolve_metric_weights
-
         use_fid, use_lpips = resolve_metric_weights(args, log)
 
     model = create_model(config=config).to(device)
@@ -109,26 +107,21 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
 
     shard_id = data_args.shard_id if data_args.shard_id is not None else ctx.rank
     num_shards = data_args.num_shards if data_args.num_shards is not None else ctx.world_size
-    common = dict(config=config, batch_size=data_args.batch_size, num_threads=data_args.num_threads,
-                  device_id=data_args.device_id, sequence_length=data_args.sequence_length,
-                  initial_prefetch_size=data_args.initial_prefetch_size, seed=data_args.seed)
-    training_loader = video_pipe(train_files, shard_id=shard_id, num_shards=num_shards, random_shuffle=True,
-                                 folder="data_process.train", **{**common, "seed": data_args.seed + shard_id})
+    training_loader = build_loader(train_files, data_args, config.use_images, shard_id=shard_id,
+                                   num_shards=num_shards, seed=data_args.seed + shard_id, folder="data_process.train")
     validation_loader = None
     if ctx.is_main and valid_files:
-        validation_loader = video_pipe(valid_files, shard_id=0, num_shards=1, random_shuffle=False, validation=True,
-                                       folder="data_process.vaild", **common)
+        validation_loader = build_loader(valid_files, data_args, config.use_images, validation=True,
+                                         folder="data_process.vaild")
     log.info("batch %d x %d frames of %s on %d process(es): effective batch %d clips, lr %.2e",
              data_args.batch_size, data_args.sequence_length, "x".join(map(str, data_args.frame_size)),
              ctx.world_size, data_args.batch_size * ctx.world_size, args.lr)
 
     normalize, unnormalize = normalizers()
     if metrics is None and validation_loader is not None:
-        from metric_utils.metric_utils import Metrics
-
-        metrics = Metrics(device, model.vocab_sizes, unnormalize, use_fid=use_fid, use_lpips=use_lpips,
-                          fid_weights=args.fid_weights, vgg_weights=args.vgg_weights,
-                          lpips_backbone=args.perceptual_backbone)
+        lpips = build_lpips(args.perceptual_backbone, args.vgg_weights).to(device) if use_lpips else None
+        metrics = Metrics(device, model.vocab_sizes, unnormalize, use_fid=use_fid, lpips=lpips,
+                          fid_weights=args.fid_weights)
     forward_model = model
     if ctx.enabled:
         forward_model = torch.nn.parallel.DistributedDataParallel(
@@ -148,8 +141,6 @@ def train_videos(device_override=None, config_path="param.json") -> dict:
     try:
         summary = trainer.train()
         if trainer.is_main and summary["steps"] > 0:
-            from log_utils.plot import plot_run
-
             for path in plot_run(config.run_dir):
                 trainer.logger.info("plot: %s", path)
         return summary

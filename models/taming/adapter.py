@@ -12,10 +12,10 @@ import attrs
 import torch
 
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
-from models.codebook_utils import perplexity_from_indices
+from metric_utils.codebook import perplexity_from_indices
 from models.taming.vqgan import EMAVQ, VQModel
 from models.taming.vqperceptual import VQLPIPSWithDiscriminator
-from train.config_schema import check, non_negative, open_unit, positive, require
+from core.config_schema import check, non_negative, open_unit, positive, require
 
 #: shared ``model_args`` name -> upstream constructor argument (written once, here)
 TRANSLATION = {"vocab_size": "n_embed", "n_init": "embed_dim"}

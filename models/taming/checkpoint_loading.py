@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from train.config_schema import ConfigError
+from core.config_schema import ConfigError
 
 module_logger = logging.getLogger(__name__)
 

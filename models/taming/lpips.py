@@ -12,14 +12,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from models.pretrained import (
+from core.pretrained import (
     VGG16_FILE,
     load_state_dict_file,
     load_vgg16_slices,
     lpips_linear_weights_path,
     require_weights,
 )
-from train.config_schema import ConfigError
+from core.config_schema import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import torch
 
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vq_vae.vq_vae import VqVae2
-from train.config_schema import check, non_negative, open_unit, positive, require
+from core.config_schema import check, non_negative, open_unit, positive, require
 
 
 @attrs.frozen

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from models.adapter_base import VQOutput
-from models.codebook_utils import perplexity_from_indices
+from metric_utils.codebook import perplexity_from_indices
 from models.quantizer_ema import VectorQuantizerEMA
 from models.vq_vae.decoder import Decoder
 from models.vq_vae.encoder import Encoder

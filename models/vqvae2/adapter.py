@@ -12,7 +12,7 @@ import torch
 
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vqvae2.vqvae import VQVAE
-from train.config_schema import Invalid, check, non_negative, open_unit, positive
+from core.config_schema import Invalid, check, non_negative, open_unit, positive
 
 # JSON model_args name -> VQVAE argument name
 MODEL_ARG_NAMES = {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models.adapter_base import VQOutput
-from models.codebook_utils import perplexity_from_indices
+from metric_utils.codebook import perplexity_from_indices
 from models.quantizer_ema import VectorQuantizerEMA
 from models.vqvae2.layers import CodeUpsampler, Decoder, Encoder, resampling_steps
 

@@ -9,7 +9,7 @@ import attrs
 
 from models.vqvae2.adapter import VQVAEAdapter, VQVAEArgs
 from models.vqvae2_optvq.vqvae import VQVAE
-from train.config_schema import non_negative, positive, require
+from core.config_schema import non_negative, positive, require
 
 
 @attrs.frozen

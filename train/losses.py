@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import Config
+from core.config_schema import ConfigError
+from models.builders import load_config
 from models.codebook_utils import all_reduce_mean_, broadcast_
 from models.gan import D_LOSSES, PatchGANDiscriminator, generator_loss, min_frame_size
-from models.pretrained import build_lpips
-from train.config import Config, load_config
-from train.config_schema import ConfigError
+from models.perceptual import build_lpips
 
 logger = logging.getLogger(__name__)
 

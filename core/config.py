@@ -3,16 +3,17 @@
 The JSON keeps the design document's shape (``model_type``, ``use_images``,
 ``scaling_rates``, ``model_args``, ``data_args``, ``train_args``, ``data_process``,
 ``use_wandb``, ``project_name``). ``model_args`` is checked by the chosen model
-family's own ``args_class``, so each family's names are validated too.
+family's own ``args_class``; the family is found by a lookup the caller passes in
+(``models.builders`` passes its registry), so this floor never imports the models.
 """
 import copy
 import json
 import os
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
 
 import attrs
 
-from train.config_schema import (
+from core.config_schema import (
     ConfigError,
     Invalid,
     check,
@@ -170,17 +171,27 @@ class Config:
         return json.loads(json.dumps(self._raw))
 
 
-def config_from_dict(data: Any, source: str = "<dict>") -> Config:
-    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``."""
-    from models.model_adapter import resolve_adapter  # late: models import this module
+class ModelFamily(Protocol):
+    """What config parsing needs of a model family: its ``model_args`` class and cross-section checks."""
 
+    args_class: ClassVar[type]
+
+    @classmethod
+    def check_config(cls, config: "Config") -> None: ...
+
+
+FamilyLookup = Callable[[str], ModelFamily]  # model_type -> family; raises ConfigError if unknown
+
+
+def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>") -> Config:
+    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``."""
     prefix = f"{source}: " if source != "<dict>" else ""
     try:
         top = structure(Config, _without_comments(data), "")
-        adapter = resolve_adapter(top.model_type)
-        model_args = structure(adapter.args_class, top.model_args, "model_args")
+        family = family_of(top.model_type)
+        model_args = structure(family.args_class, top.model_args, "model_args")
         config = attrs.evolve(top, model_args=model_args, _source=source, _raw=data)
-        adapter.check_config(config)
+        family.check_config(config)
     except (ConfigError, Invalid) as err:
         raise ConfigError(prefix + str(err)) from None
     return config
@@ -204,7 +215,7 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def load_config(path: str) -> Config:
+def read_config(path: str, family_of: FamilyLookup) -> Config:
     """Read and validate the JSON file at ``path``."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -215,9 +226,4 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
-    return config_from_dict(data, source=path)
-
-
-def get_train_args_from_config(config_path: str = "param.json") -> TrainArgs:
-    """The design document's accessor: the validated ``train_args`` of a config file."""
-    return load_config(config_path).train_args
+    return parse_config(data, family_of, source=path)

@@ -8,20 +8,19 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Optional
 
 import attrs
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
-from train.checkpoint import (
+from codec.prior import fit_code_prior
+from core.atomic_files import remove_orphaned_temp_files
+from core.checkpoint import (
     capture_rng_state,
-    check_compatible,
     checkpoint_name,
     find_resumable,
     load_checkpoint,
@@ -30,10 +29,15 @@ from train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from train.atomic_files import remove_orphaned_temp_files
-from train.config import Config, load_config
-from train.lossconfig import build_loss_calculator
-from train.train_utils import autocast, format_duration, psnr_from_mse
+from core.config import Config
+from core.runtime import autocast, format_duration
+from metric_utils.metric_utils import psnr_from_mse
+from models.builders import load_config
+from models.loaders import check_compatible
+from models.taming.checkpoint_loading import load_upstream_weights
+from train.losses import build_loss_calculator
+from train.signals import StopRequest
+from train.validation import evaluate
 
 # Validation metrics kept as best checkpoints: which direction is better, and the file name.
 BEST_METRICS = {
@@ -47,39 +51,6 @@ BEST_METRICS = {
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row."""
-
-
-class StopRequest:
-    """SIGINT/SIGTERM: the first finishes the step and saves; a second exits at once."""
-
-    def __init__(self, logger):
-        self.logger = logger
-        self.signum = None
-        self._previous = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                return
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.signum = signum
-        self.logger.warning("%s received: finishing this step, saving a checkpoint, then stopping "
-                            "(send it again to stop at once)", signal.Signals(signum).name)
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
 
 
 @attrs.define(eq=False, slots=False)
@@ -159,8 +130,6 @@ class TrainVqVae:
         """Start from released weights (``train_args.init_from``), e.g. an official Taming checkpoint."""
         if not self.args.init_from:
             return
-        from models.taming.checkpoint_loading import load_upstream_weights
-
         loaded = load_upstream_weights(self.model, self.args.init_from, loss_module=self.loss_calculator.loss_module,
                                        allow_unsafe=self.args.allow_unsafe_load, logger=self.logger)
         self.logger.info("initialised from %s: %d keys to the model, %d to the loss module",
@@ -258,7 +227,7 @@ class TrainVqVae:
                 step += 1
                 if step % args.lr_decay_interval == 0:
                     self.scheduler.step()
-                logs["psnr"] = psnr_from_mse(logs["recon_error"])  # recon_error is always the MSE
+                logs["psnr"] = psnr_from_mse(logs["recon_error"] / 4)  # recon_error is always the MSE
                 self.logger.debug("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
                 if bar is not None:
                     bar.update(1)
@@ -343,53 +312,10 @@ class TrainVqVae:
         self.logger.info("validation at step %d | %s", step, shown)
         self._check_and_save_best_models(step, metrics)
 
-    @torch.no_grad()
     def evaluate(self, max_images: int = 10000) -> dict:
         """One pass over the validation clips; the design document's ``val/...`` keys."""
-        self.model.eval()
-        if self.metrics is not None:
-            self.metrics.reset()
-        sums, count, images_seen = {}, 0, 0
-        batches = self.validation_loader
-        wanted = self.args.progress_bar
-        if (sys.stderr.isatty() if wanted == "auto" else wanted):
-            batches = tqdm(batches, desc="validate", unit="batch", leave=False, dynamic_ncols=True)
-        for images, _paths in batches:
-            images, b, d = self._prepare(images)
-            with autocast(self.args.precision, self.device):
-                out = self.model(images)
-            recon = out.recon.float()
-            recon_error = F.mse_loss(recon, images)
-            values = {"loss": (recon_error + out.vq_loss.float()).item(), "recon": recon_error.item(),
-                      "psnr": psnr_from_mse(recon_error.item())}
-            if self.metrics is not None:
-                extra = self.metrics.compute_all(images, recon, recon_error, out.perplexity, out.indices, b, d,
-                                                 compute_fid_lpips=True)
-                values.update({k: v for k, v in extra.items() if k != "psnr" and v is not None})
-                if self.config.use_images:  # a "sequence" of independent images has no motion
-                    values.pop("temporal", None)
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-            count += 1
-            images_seen += images.shape[0]
-            if images_seen >= max_images:
-                break
-        mean = {k: v / max(count, 1) for k, v in sums.items()}
-        result = {
-            "val/loss/total": mean.get("loss"),
-            "val/loss/recon": mean.get("recon"),
-            "val/stats/psnr": mean.get("psnr"),
-            "val/stats/ssim": mean.get("ssim"),
-            "val/stats/lpips": mean.get("lpips"),
-            "val/stats/temporal": mean.get("temporal"),
-        }
-        if self.metrics is not None:
-            final = self.metrics.finalize()
-            result["val/stats/fid"] = final.get("fid")
-            result["val/stats/codebook_usage"] = final.get("codebook_usage")
-            result["val/stats/perplexity"] = final.get("perplexity")
-            result.update({f"val/stats/{k}": v for k, v in final.items() if "/level" in k})
-        return {k: v for k, v in result.items() if v is not None}
+        return evaluate(self.model, self.validation_loader, self._prepare, self.metrics, self.args, self.device,
+                        max_images, use_images=self.config.use_images)
 
     def _check_and_save_best_models(self, step: int, metrics: dict) -> list:
         """Save ``best_<metric>.pth.tar`` for every metric that improved; returns their names."""
@@ -447,8 +373,6 @@ class TrainVqVae:
         """Code frequencies over training clips, stored for the codec's entropy coder."""
         if not self.is_main:
             return
-        from codec.prior import fit_code_prior
-
         position = self.training_loader.samples_seen
         self.code_prior = fit_code_prior(self.model, self.training_loader, self.device, self.normalize,
                                          max_batches=32)

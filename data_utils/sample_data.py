@@ -7,7 +7,7 @@ disjoint: the validation clips and photos are never seen in training.
 import importlib.util
 import os
 
-from train.config_schema import ConfigError
+from core.config_schema import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 

@@ -1,0 +1,1 @@
+"""The data floor: sample data, frame readers, clip datasets and the training loader."""
