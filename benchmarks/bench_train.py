@@ -40,7 +40,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Stopwatch, format_table, write
@@ -117,8 +116,7 @@ def make_config(data: dict, folder: str):
 def real_frames(trainer) -> torch.Tensor:
     """One batch of the trainer's own training clips as ``((b d), c, h, w)`` in [-1, 1]."""
     clips, _ = next(iter(trainer.training_loader))
-    frames = rearrange(clips, "b d h w c -> (b d) c h w").float() / 255.0
-    return trainer.normalize(frames).to(trainer.device)
+    return trainer.model.clips_to_input(clips.to(trainer.device))
 
 
 class BareLoop:

@@ -99,11 +99,14 @@ class TrainArgs:
     wandb_image_interval: int = attrs.field(default=1000, validator=positive)
     wandb_dir: Optional[str] = None  # default: the run folder
     progress_bar: AutoBool = "auto"
-    # losses
+    betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999], validator=check(
+        lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"))  # the autoencoder's Adam
+    # losses (one set of names for every family; a family may change the defaults, e.g. Taming's lossconfig)
     recon_loss: Literal["mse", "l1"] = "mse"
     pixel_loss_factor: float = attrs.field(default=1.0, validator=non_negative)
     perceptual_loss_factor: float = attrs.field(default=1.0, validator=non_negative)
     use_perceptual: Optional[bool] = None  # default: on when use_gan is on
+    codebook_weight: float = attrs.field(default=1.0, validator=non_negative)  # weight of the model's VQ loss
     perceptual_backbone: Literal["vgg", "random"] = "vgg"
     vgg_weights: Optional[str] = None  # local torchvision vgg16 weights file
     lpips_weights: Optional[str] = None  # local LPIPS linear-layer weights file
@@ -118,6 +121,7 @@ class TrainArgs:
     disc_layers: int = attrs.field(default=3, validator=positive)
     disc_ndf: int = attrs.field(default=64, validator=positive)
     disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    disc_actnorm: bool = False  # ActNorm instead of BatchNorm in the PatchGAN (Taming's use_actnorm)
     instance_noise: float = attrs.field(default=0.0, validator=non_negative)
     # metrics
     compute_fid: AutoBool = "auto"
@@ -172,9 +176,13 @@ class Config:
 
 
 class ModelFamily(Protocol):
-    """What config parsing needs of a model family: its ``model_args`` class and cross-section checks."""
+    """What config parsing needs of a model family: its ``model_args`` class, its defaults for
+    ``train_args`` (e.g. Taming's loss settings), and cross-section checks."""
 
     args_class: ClassVar[type]
+
+    @classmethod
+    def train_defaults(cls, model_args: Any, train_args: dict) -> dict: ...
 
     @classmethod
     def check_config(cls, config: "Config") -> None: ...
@@ -190,7 +198,9 @@ def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>") -> 
         top = structure(Config, _without_comments(data), "")
         family = family_of(top.model_type)
         model_args = structure(family.args_class, top.model_args, "model_args")
-        config = attrs.evolve(top, model_args=model_args, _source=source, _raw=data)
+        given = _without_comments(data.get("train_args", {}))
+        train_args = structure(TrainArgs, {**family.train_defaults(model_args, given), **given}, "train_args")
+        config = attrs.evolve(top, model_args=model_args, train_args=train_args, _source=source, _raw=data)
         family.check_config(config)
     except (ConfigError, Invalid) as err:
         raise ConfigError(prefix + str(err)) from None

@@ -16,7 +16,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from metric_utils.fid import build_fid_inception, frechet_distance, inception_features
 from core.indices import Indices, as_level_list
-from core.pixels import to_model_range
+from core.pixels import to_model_range, to_pixel_range
 from core.pretrained import FID_INCEPTION_FILE, VGG16_FILE, find_weights, missing_message, require_weights
 from metric_utils.codebook import code_histogram, perplexity_from_counts, usage_from_counts
 
@@ -97,8 +97,8 @@ class Metrics:
         self,
         device,
         vocab_sizes: list,
-        unnormalize: Callable[[torch.Tensor], torch.Tensor],
-        use_fid: bool,
+        unnormalize: Callable[[torch.Tensor], torch.Tensor] = to_pixel_range,
+        use_fid: bool = False,
         lpips: Optional[torch.nn.Module] = None,
         fid_weights: Optional[str] = None,
         fid_random_weights: bool = False,

@@ -8,9 +8,11 @@ import abc
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from core.indices import Indices, as_level_list
+from core.pixels import to_model_range
 
 
 class VQOutput(NamedTuple):
@@ -30,8 +32,6 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
     """
 
     args_class: ClassVar[type]
-    #: True when training uses the Taming two-optimizer loss (VQLPIPSWithDiscriminator).
-    uses_taming_loss: ClassVar[bool] = False
 
     def __init__(self, args: Any, config: Any = None):
         super().__init__()
@@ -84,8 +84,23 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
         return 1
 
     @classmethod
+    def train_defaults(cls, args: Any, train_args: dict) -> dict:
+        """``train_args`` defaults of this family (under the user's own ``train_args``)."""
+        return {}
+
+    @classmethod
     def check_config(cls, config: Any) -> None:
         """Cross-section checks of the whole config (raise ``core.config_schema.Invalid``)."""
+
+    # -- clips in, frames for the model ---------------------------------------------
+    def clips_to_input(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips ``(b, d, h, w, c)`` (uint8, or float in [0, 1]) -> the model's input ``((b d), c, h, w)`` in [-1, 1].
+
+        The one place where pixels become model inputs: the normalisation and the fold of
+        a clip's frames into the batch belong to the model.
+        """
+        pixels = clips.float() / 255.0 if clips.dtype == torch.uint8 else clips.float()
+        return to_model_range(rearrange(pixels, "b d h w c -> (b d) c h w"))
 
     def latent_shapes(self, frame_shape: tuple) -> list:
         """Index-tensor shape per level for one clip of frames shaped ``(d, C, H, W)``."""

@@ -4,10 +4,10 @@ Every quantizer uses these, so perplexity and usage mean the same thing for all
 model families, and EMA statistics stay identical across DDP ranks.
 """
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 
+from core.distributed import all_reduce_mean_, all_reduce_sum_, broadcast_, is_distributed  # noqa: F401
 from metric_utils.codebook import code_histogram, perplexity_from_counts, perplexity_from_indices  # noqa: F401
 
 
@@ -23,34 +23,6 @@ def l2_distances(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def flatten_channels_last(z: torch.Tensor) -> torch.Tensor:
     """``(B, D, H, W) -> (B*H*W, D)``."""
     return rearrange(z, "b d h w -> (b h w) d")
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place mean over DDP ranks (no-op in a single process).
-
-    Codebook statistics updated in the forward pass must be averaged across ranks or
-    each rank drifts to a different codebook.
-    """
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(dist.get_world_size())
-    return tensor
-
-
-def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    if is_distributed():
-        dist.broadcast(tensor, src)
-    return tensor
 
 
 def ema_inplace(moving_avg: torch.Tensor, new: torch.Tensor, decay: float) -> None:

@@ -2,6 +2,7 @@
 import logging
 import math
 
+import lpips
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from metric_utils.fid import build_fid_inception, fid_inception_architecture, frechet_distance
 from metric_utils.metric_utils import Metrics, resolve_metric_weights
-from core.pretrained import FID_INCEPTION_FILE, VGG16_FILE, WeightsMissingError
+from core.pretrained import FID_INCEPTION_FILE, VGG16_FILE, WeightsMissingError, lpips_linear_weights_path
 from core.config import TrainArgs
 from models.perceptual import build_lpips
 
@@ -181,3 +182,15 @@ def test_present_weights_and_random_backbone_turn_metrics_on(tmp_path):
     assert resolve_metric_weights(args, logging.getLogger("test_metrics")) == (True, True)
     off = TrainArgs(compute_fid=False, compute_lpips=False, fid_weights=str(weights))
     assert resolve_metric_weights(off, logging.getLogger("test_metrics")) == (False, False)
+
+
+def test_the_lpips_network_computes_what_the_lpips_package_computes():
+    ours = build_lpips("random")
+    reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False,
+                            model_path=lpips_linear_weights_path())
+    missing, _ = reference.load_state_dict(ours.state_dict(), strict=False)
+    assert all(key.startswith("lins.") for key in missing)  # the package's aliases of lin0..lin4
+    reference.eval()
+    x, y = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
+    with torch.no_grad():
+        assert torch.allclose(ours(x, y).flatten(), reference(x, y).flatten(), rtol=1e-4, atol=1e-6)

@@ -1,25 +1,24 @@
-"""Taming VQGAN: upstream-compatible VQModel / EMAVQ, their loss module, and loading upstream checkpoints."""
+"""Taming VQGAN: upstream-compatible VQModel / EMAVQ, the loss under upstream's keys, upstream checkpoints."""
 import json
 import logging
 import os
 
 import attrs
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.adapter_base import VQOutput
-from core.pretrained import WeightsMissingError
-from models.taming.adapter import TRANSLATION, TamingArgs, TamingDDConfig, TamingVQGANAdapter
-from models.taming.checkpoint_loading import load_upstream_weights
-from models.taming.lpips import LPIPS
-from models.taming.quantize import EMAVectorQuantizer, VectorQuantizer
-from models.taming.vqgan import EMAVQ, VQModel
-from models.taming.vqperceptual import adopt_weight, hinge_d_loss, vanilla_d_loss
-from tests.helpers import real_frames
 from core.config import Config
 from core.config_schema import ConfigError, Invalid, structure
+from core.pretrained import WeightsMissingError
+from models.adapter_base import VQOutput
+from models.perceptual import LPIPS
+from models.taming.adapter import TRANSLATION, TamingArgs, TamingDDConfig, TamingVQGANAdapter
+from models.taming.checkpoint_loading import load_upstream_weights
+from models.taming.quantize import EMAVectorQuantizer, VectorQuantizer
+from models.taming.vqgan import EMAVQ, VQModel
+from tests.helpers import real_frames
+from train.losses import LossCalculator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,9 +95,18 @@ def frames():
     return real_frames(8, 32)
 
 
+def taming_loss(use_gan: bool = True) -> LossCalculator:
+    """The loss as a Taming run builds it: lossconfig's defaults, LPIPS (random backbone), PatchGAN."""
+    config = make_config()
+    defaults = TamingVQGANAdapter.train_defaults(config.model_args, {})
+    args = structure(type(config.train_args), {**defaults, "use_gan": use_gan, "perceptual_backbone": "random"},
+                     "train_args")
+    return LossCalculator(args, 3, (32, 32), LPIPS("random"))
+
+
 @pytest.fixture(scope="module")
 def loss_module():
-    return adapter().build_loss("random")
+    return taming_loss()
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def test_emavq_keys_are_upstreams_and_its_codebook_is_no_parameter():
     expected = [k for k in UPSTREAM_KEYS if not k.startswith("quantize.")]
     expected = expected[: expected.index("quant_conv.weight")] + ema_keys + expected[expected.index("quant_conv.weight"):]
     assert list(model.state_dict()) == expected
-    trained = {id(p) for p in model.autoencoder_parameters()}
+    trained = {id(p) for p in model.trainable_parameters()}
     assert trained == {id(p) for p in model.parameters()}
     assert all(id(t) not in trained for t in model.model.quantize.embedding.buffers())
 
@@ -213,7 +221,7 @@ def test_dead_codes_restart_from_encoder_outputs(frames, model_type):
 
 def test_emavq_trains_on_real_frames(frames):
     model = adapter("EMAVQ", vocab_size=64, dead_code_threshold=0.5).train()
-    optimizer = torch.optim.Adam(model.autoencoder_parameters(), lr=2e-3, betas=(0.5, 0.9))
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=2e-3, betas=(0.5, 0.9))
     codebook_before = model.model.quantize.embedding.weight.clone()
     losses = []
     for _ in range(30):
@@ -265,17 +273,7 @@ def test_shipped_configs_validate(name, model_class):
         assert type(TamingVQGANAdapter(config.model_args, config).model) is model_class
 
 
-# -- the loss module ------------------------------------------------------------------------------
-def test_adopt_weight_and_discriminator_losses():
-    assert adopt_weight(0.8, 9, threshold=10) == 0.0
-    assert adopt_weight(0.8, 10, threshold=10) == 0.8
-    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
-    assert hinge_d_loss(real, fake) == pytest.approx(0.5 * ((0 + 0.5) / 2 + (0 + 1) / 2))
-    softplus = lambda v: float(np.log1p(np.exp(v)))  # noqa: E731
-    expected = 0.5 * ((softplus(-2) + softplus(-0.5)) / 2 + (softplus(-2) + softplus(0)) / 2)
-    assert vanilla_d_loss(real, fake) == pytest.approx(expected)
-
-
+# -- the loss under upstream's keys ---------------------------------------------------------------
 def test_loss_module_keys_are_upstreams(loss_module):
     keys = list(loss_module.state_dict())
     for key in ("perceptual_loss.scaling_layer.shift", "perceptual_loss.net.slice1.0.weight",
@@ -287,45 +285,6 @@ def test_loss_module_keys_are_upstreams(loss_module):
     assert not any(p.requires_grad for p in loss_module.perceptual_loss.parameters())
     loss_module.train()
     assert not loss_module.perceptual_loss.training  # LPIPS stays in eval mode (no dropout)
-
-
-@pytest.mark.parametrize("step, disc_factor", [(0, 0.0), (100, 1.0)])
-def test_generator_step(frames, loss_module, step, disc_factor):
-    model, x = adapter(), frames[:4]
-    out = model(x)
-    loss, log = loss_module(out.vq_loss, x, out.recon, 0, step, last_layer=model.last_layer)
-    assert set(log) == {f"train/{k}" for k in ("total_loss", "quant_loss", "nll_loss", "rec_loss", "p_loss",
-                                               "d_weight", "disc_factor", "g_loss")}
-    assert torch.isfinite(loss) and float(log["train/disc_factor"]) == disc_factor
-    # before disc_start the discriminator is not even run: no adaptive weight, no generator loss
-    assert (float(log["train/d_weight"]) > 0) == (disc_factor > 0)
-    assert (float(log["train/g_loss"]) != 0) == (disc_factor > 0)
-    expected = log["train/nll_loss"] + log["train/d_weight"] * disc_factor * log["train/g_loss"] + out.vq_loss
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    loss.backward()
-    assert model.model.encoder.conv_in.weight.grad.abs().sum() > 0
-
-
-def test_discriminator_step(frames, loss_module):
-    model, x = adapter(), frames[:4]
-    out = model(x)
-    d_loss, log = loss_module(out.vq_loss, x, out.recon, 1, 100)
-    assert set(log) == {"train/disc_loss", "train/logits_real", "train/logits_fake"}
-    expected = hinge_d_loss(loss_module.discriminator(x), loss_module.discriminator(out.recon.detach()))
-    assert d_loss.item() == pytest.approx(expected.item(), rel=1e-5) and d_loss.item() > 0
-    d_loss.backward()
-    assert loss_module.discriminator.main[0].weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.parameters())  # the autoencoder is not trained by this loss
-    before_start, _ = loss_module(out.vq_loss, x, out.recon, 1, 9)
-    assert before_start.item() == 0.0
-
-
-def test_adaptive_weight_is_the_gradient_norm_ratio(loss_module):
-    last_layer = torch.ones(2, 2, requires_grad=True)
-    weight = loss_module.calculate_adaptive_weight(2 * last_layer.sum(), last_layer.sum(), last_layer)
-    assert weight.item() == pytest.approx(2.0 / (1 + 1e-4 / 2) * loss_module.discriminator_weight)
-    clamped = loss_module.calculate_adaptive_weight(last_layer.sum(), 0 * last_layer.sum(), last_layer)
-    assert clamped.item() == pytest.approx(1e4 * loss_module.discriminator_weight)
 
 
 def test_lpips_is_zero_for_identical_images_and_grows_with_noise(frames, loss_module):
@@ -372,10 +331,10 @@ def lightning_checkpoint(model, loss, callbacks_keyed_by_class: bool) -> dict:
 
 @pytest.mark.parametrize("callbacks_keyed_by_class", [False, True])
 def test_loads_a_lightning_checkpoint(tmp_path, caplog, callbacks_keyed_by_class):
-    model, loss = adapter(), adapter().build_loss("random")
+    model, loss = adapter(), taming_loss()
     ckpt = lightning_checkpoint(model, loss, callbacks_keyed_by_class)
     torch.save(ckpt, tmp_path / "last.ckpt")
-    target, target_loss = adapter(seed=1), adapter().build_loss("random")
+    target, target_loss = adapter(seed=1), taming_loss()
     with caplog.at_level(logging.INFO):
         loaded = load_upstream_weights(target, str(tmp_path / "last.ckpt"), loss_module=target_loss)
     state = ckpt["state_dict"]
@@ -384,6 +343,16 @@ def test_loads_a_lightning_checkpoint(tmp_path, caplog, callbacks_keyed_by_class
     assert (loaded.model_keys, loaded.loss_keys) == (len(model.state_dict()), len(loss.state_dict()))
     assert f"{loaded.model_keys} keys loaded into the model, {loaded.loss_keys} into the loss module" in caplog.text
     assert ("inert placeholders" in caplog.text) == callbacks_keyed_by_class
+
+
+def test_loss_keys_of_parts_this_training_does_not_use_are_skipped(tmp_path, caplog):
+    model, loss = adapter(), taming_loss()
+    torch.save(lightning_checkpoint(model, loss, False), tmp_path / "last.ckpt")
+    without_gan = taming_loss(use_gan=False)
+    with caplog.at_level(logging.INFO):
+        loaded = load_upstream_weights(adapter(seed=1), str(tmp_path / "last.ckpt"), loss_module=without_gan)
+    assert loaded.loss_keys == len(without_gan.state_dict()) < len(loss.state_dict())
+    assert "loss.* keys not loaded (parts of the loss this training does not use)" in caplog.text
 
 
 def test_plain_state_dict_without_a_loss_module_keeps_the_loss_keys(tmp_path):

@@ -27,22 +27,22 @@ def test_twenty_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     trainer = make_trainer(tmp_path, train_args={"num_steps": 20, "wandb_log_interval": 1, "lr": 0.003})
     summary = trainer.train()
     assert summary["status"] == "finished" and summary["steps"] == 20
-    losses = [m["train/loss/total"] for m in read_metrics(trainer.run_dir) if "train/loss/total" in m]
+    losses = [m["train/loss/total"] for m in read_metrics(trainer.files.run_dir) if "train/loss/total" in m]
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
-    val = [m for m in read_metrics(trainer.run_dir) if "val/stats/psnr" in m]
+    val = [m for m in read_metrics(trainer.files.run_dir) if "val/stats/psnr" in m]
     assert len(val) == 3  # steps 0, 10, 20
     assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
-    names = os.listdir(os.path.join(trainer.run_dir, "checkpoints"))
+    names = os.listdir(os.path.join(trainer.files.run_dir, "checkpoints"))
     assert "checkpoint_step00000020.pth.tar" in names and "best_psnr.pth.tar" in names
-    saved = json.load(open(os.path.join(trainer.run_dir, "run_summary.json")))
+    saved = json.load(open(os.path.join(trainer.files.run_dir, "run_summary.json")))
     assert saved["last_checkpoint"].endswith("checkpoint_step00000020.pth.tar")
 
 
 def test_resume_continues_at_the_saved_step_with_identical_optimizer_state(tmp_path):
     first = make_trainer(tmp_path, train_args={"num_steps": 10, "validation_interval": 100})
     first.train()
-    ckpt_path = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    ckpt_path = list_checkpoints(os.path.join(first.files.run_dir, "checkpoints"))[0]
     resumed = make_trainer(tmp_path, name="again",
                            train_args={"num_steps": 12, "checkpoint_path": ckpt_path, "validation_interval": 100})
     assert resumed.start_step == 10
@@ -87,17 +87,17 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="Last good checkpoint"):
         trainer.train()
     assert trainer.nonfinite_skipped == 2 + 3
-    good = list_checkpoints(os.path.join(trainer.run_dir, "checkpoints"))[0]
+    good = list_checkpoints(os.path.join(trainer.files.run_dir, "checkpoints"))[0]
     state = load_checkpoint(good)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    summary = json.load(open(os.path.join(trainer.run_dir, "run_summary.json")))
+    summary = json.load(open(os.path.join(trainer.files.run_dir, "run_summary.json")))
     assert summary["status"] == "failed"
 
 
 def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
     first = make_trainer(tmp_path, train_args={"num_steps": 2, "validation_interval": 100, "save_interval": 2})
     first.train()
-    ckpt = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    ckpt = list_checkpoints(os.path.join(first.files.run_dir, "checkpoints"))[0]
     from core.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"shape mismatches"):
@@ -113,13 +113,13 @@ def test_checkpoint_of_another_model_is_refused_naming_both(tmp_path):
 
 def test_best_checkpoints_appear_only_when_a_metric_improves(tmp_path):
     trainer = make_trainer(tmp_path, train_args={"num_steps": 1})
-    folder = trainer.checkpoint_dir
-    assert set(trainer._check_and_save_best_models(5, {"val/stats/psnr": 20.0, "val/loss/total": 0.5})) == {
+    folder = trainer.files.checkpoint_dir
+    assert set(trainer.files.save_best({"val/stats/psnr": 20.0, "val/loss/total": 0.5}, 5, lambda: trainer.training_state(5))) == {
         "val/stats/psnr", "val/loss/total"}
     assert sorted(os.listdir(folder)) == ["best_loss.pth.tar", "best_psnr.pth.tar"]
     stamp = os.path.getmtime(os.path.join(folder, "best_psnr.pth.tar"))
-    improved = trainer._check_and_save_best_models(6, {"val/stats/psnr": 19.0, "val/loss/total": 0.4,
-                                                       "val/stats/lpips": 0.3})
+    improved = trainer.files.save_best({"val/stats/psnr": 19.0, "val/loss/total": 0.4, "val/stats/lpips": 0.3}, 6,
+                                       lambda: trainer.training_state(6))
     assert set(improved) == {"val/loss/total", "val/stats/lpips"}
     assert os.path.getmtime(os.path.join(folder, "best_psnr.pth.tar")) == stamp
     assert load_checkpoint(os.path.join(folder, "best_psnr.pth.tar"))["steps"] == 5
@@ -132,7 +132,7 @@ def test_image_mode_trains_on_the_builtin_photos(tmp_path):
                            data_process={"train": "builtin:train", "vaild": "builtin:valid"},
                            train_args={"num_steps": 6, "validation_interval": 6, "wandb_log_interval": 1})
     assert trainer.train()["status"] == "finished"
-    val = [m for m in read_metrics(trainer.run_dir) if "val/stats/psnr" in m]
+    val = [m for m in read_metrics(trainer.files.run_dir) if "val/stats/psnr" in m]
     assert len(val) == 2 and "val/stats/temporal" not in val[-1]
     assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
 
@@ -140,7 +140,7 @@ def test_image_mode_trains_on_the_builtin_photos(tmp_path):
 def test_init_from_loads_weights_but_starts_a_fresh_run(tmp_path):
     first = make_trainer(tmp_path, train_args={"num_steps": 3, "validation_interval": 100, "save_interval": 3})
     first.train()
-    ckpt = list_checkpoints(os.path.join(first.run_dir, "checkpoints"))[0]
+    ckpt = list_checkpoints(os.path.join(first.files.run_dir, "checkpoints"))[0]
     second = make_trainer(tmp_path, name="finetune", train_args={"init_from": ckpt, "num_steps": 3})
     assert second.start_step == 0
     saved = load_checkpoint(ckpt)["state_dict"]

@@ -26,7 +26,7 @@ from metric_utils.metric_utils import Metrics, resolve_metric_weights
 from models.architecture import analyze_model_architecture
 from models.builders import create_model, load_config
 from models.perceptual import build_lpips
-from train.train_utils import normalizers
+from train.losses import uses_perceptual
 from train.trainer import TrainingDiverged, TrainVqVae
 
 logger = logging.getLogger("vqvc")
@@ -96,6 +96,9 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     use_fid, use_lpips = False, False
     if ctx.is_main and valid_files:
         use_fid, use_lpips = resolve_metric_weights(args, log)
+    perceptual = None  # one frozen LPIPS network for the loss and the metrics
+    if uses_perceptual(args) or use_lpips:
+        perceptual = build_lpips(args.perceptual_backbone, args.vgg_weights, args.lpips_weights).to(device)
 
     model = create_model(config=config).to(device)
     if args.channels_last:
@@ -117,10 +120,8 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
              data_args.batch_size, data_args.sequence_length, "x".join(map(str, data_args.frame_size)),
              ctx.world_size, data_args.batch_size * ctx.world_size, args.lr)
 
-    normalize, unnormalize = normalizers()
     if metrics is None and validation_loader is not None:
-        lpips = build_lpips(args.perceptual_backbone, args.vgg_weights).to(device) if use_lpips else None
-        metrics = Metrics(device, model.vocab_sizes, unnormalize, use_fid=use_fid, lpips=lpips,
+        metrics = Metrics(device, model.vocab_sizes, use_fid=use_fid, lpips=perceptual if use_lpips else None,
                           fid_weights=args.fid_weights)
     forward_model = model
     if ctx.enabled:
@@ -128,10 +129,10 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         forward_model = torch.compile(forward_model)
-    return TrainVqVae(model=model, training_loader=training_loader, validation_loader=validation_loader,
-                      log_mgr=log_mgr, normalize=normalize, unnormalize=unnormalize, logger=log,
-                      default_gpu=device, config=config, config_path=config.source, metrics=metrics,
-                      forward_model=forward_model, is_main=ctx.is_main, world_size=ctx.world_size)
+    return TrainVqVae(config=config, model=model, training_loader=training_loader,
+                      validation_loader=validation_loader, log_mgr=log_mgr, device=device, metrics=metrics,
+                      perceptual=perceptual, forward_model=forward_model, is_main=ctx.is_main,
+                      world_size=ctx.world_size)
 
 
 def train_videos(device_override=None, config_path="param.json") -> dict:

@@ -2,7 +2,9 @@
 
 ``ddconfig`` and ``lossconfig`` are upstream's YAML sections under the same names (the
 ``params`` of ``lossconfig``, flattened); the shared names ``vocab_size`` and ``n_init``
-become upstream's ``n_embed`` and ``embed_dim``. With the defaults, the model is the one
+become upstream's ``n_embed`` and ``embed_dim``. ``lossconfig`` is read as this family's
+defaults of the shared loss keys of ``train_args`` (``LOSS_KEYS``): Taming trains with the
+same loss as every family, configured as upstream configures it. With the defaults, the model is the one
 of the official ``vqgan_imagenet_f16_1024`` release, whose checkpoint loads with strict keys.
 """
 import math
@@ -11,14 +13,25 @@ from typing import Literal, Optional
 import attrs
 import torch
 
-from models.adapter_base import BaseVqVaeAdapter, VQOutput
-from metric_utils.codebook import perplexity_from_indices
-from models.taming.vqgan import EMAVQ, VQModel
-from models.taming.vqperceptual import VQLPIPSWithDiscriminator
+from core.config import TrainArgs
 from core.config_schema import check, non_negative, open_unit, positive, require
+from metric_utils.codebook import perplexity_from_indices
+from models.adapter_base import BaseVqVaeAdapter, VQOutput
+from models.taming.vqgan import EMAVQ, VQModel
 
 #: shared ``model_args`` name -> upstream constructor argument (written once, here)
 TRANSLATION = {"vocab_size": "n_embed", "n_init": "embed_dim"}
+#: upstream ``lossconfig`` name -> the shared ``train_args`` key it sets the default of
+LOSS_KEYS = {
+    "disc_start": "disc_start", "codebook_weight": "codebook_weight", "pixelloss_weight": "pixel_loss_factor",
+    "disc_num_layers": "disc_layers", "disc_factor": "disc_factor", "disc_weight": "disc_weight",
+    "perceptual_weight": "perceptual_loss_factor", "use_actnorm": "disc_actnorm", "disc_ndf": "disc_ndf",
+    "disc_loss": "disc_loss",
+}
+#: upstream's choices that its lossconfig does not name: L1 + LPIPS, a discriminator step every
+#: step at the autoencoder's learning rate, Adam betas (0.5, 0.9) for both optimizers
+UPSTREAM_TRAINING = {"recon_loss": "l1", "use_perceptual": True, "disc_interval": 1,
+                     "betas": [0.5, 0.9], "disc_beta1": 0.5, "disc_beta2": 0.9}
 
 _AT_LEAST_ONE = check(lambda v: len(v) >= 1 and all(m > 0 for m in v), "a non-empty list of positive integers")
 
@@ -121,10 +134,9 @@ def build_model(args: TamingArgs, variant: str) -> VQModel:
 
 
 class TamingVQGANAdapter(BaseVqVaeAdapter):
-    """VQModel / EMAVQ behind the common interface; trained with the Taming two-optimizer loss."""
+    """VQModel / EMAVQ behind the common interface."""
 
     args_class = TamingArgs
-    uses_taming_loss = True
 
     def __init__(self, args: TamingArgs, config=None):
         super().__init__(args, config)
@@ -159,15 +171,14 @@ class TamingVQGANAdapter(BaseVqVaeAdapter):
     def output_channels(self) -> int:
         return self.args.ddconfig.out_ch
 
-    def autoencoder_parameters(self) -> list:
-        """Encoder, decoder, codebook (unless EMA), quant convs: upstream's autoencoder optimizer."""
-        return self.model.autoencoder_parameters()
-
-    def build_loss(self, perceptual_backbone: str = "vgg", vgg_weights: Optional[str] = None,
-                   lpips_weights: Optional[str] = None) -> VQLPIPSWithDiscriminator:
-        """The ``lossconfig`` loss module; its LPIPS backbone from ``train_args`` (``'random'`` for tests)."""
-        return VQLPIPSWithDiscriminator(**attrs.asdict(self.args.lossconfig), perceptual_backbone=perceptual_backbone,
-                                        vgg_weights=vgg_weights, lpips_weights=lpips_weights)
+    @classmethod
+    def train_defaults(cls, args: TamingArgs, train_args: dict) -> dict:
+        """Upstream's loss, from ``lossconfig``; the discriminator learns at the autoencoder's rate."""
+        lossconfig = attrs.asdict(args.lossconfig)
+        defaults = {ours: lossconfig[theirs] for theirs, ours in LOSS_KEYS.items()}
+        defaults.update(UPSTREAM_TRAINING)
+        defaults["disc_lr"] = train_args.get("lr", attrs.fields(TrainArgs).lr.default)
+        return defaults
 
     @classmethod
     def check_config(cls, config) -> None:

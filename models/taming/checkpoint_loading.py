@@ -136,8 +136,14 @@ def load_upstream_weights(adapter: nn.Module, path: str, loss_module: Optional[n
     load_strict(adapter, model_state, path, "model")
     loss_keys = 0
     if loss_module is not None and loss_state:
-        load_strict(loss_module, loss_state, path, "loss module (keys loss.*)")
-        loss_keys = len(loss_state)
+        # only the parts this training uses (no discriminator without a GAN, no LPIPS without it)
+        parts = {name for name, child in loss_module.named_children() if child is not None}
+        used = {k: v for k, v in loss_state.items() if k.split(".", 1)[0] in parts}
+        load_strict(loss_module, used, path, "loss module (keys loss.*)")
+        loss_keys = len(used)
+        if len(used) < len(loss_state):
+            log.info("%s: %d loss.* keys not loaded (parts of the loss this training does not use)",
+                     path, len(loss_state) - len(used))
     log.info("%s: %d keys loaded into the model, %d into the loss module", path, len(model_state), loss_keys)
     if loss_state and loss_module is None:
         log.info("%s: %d loss.* keys not loaded (no loss module given)", path, len(loss_state))

@@ -49,11 +49,6 @@ class VQModel(nn.Module):
     def get_last_layer(self) -> torch.Tensor:
         return self.decoder.conv_out.weight
 
-    def autoencoder_parameters(self) -> list:
-        """What upstream's ``configure_optimizers`` gives the autoencoder Adam (an EMA codebook has none)."""
-        parts = (self.encoder, self.decoder, self.quantize, self.quant_conv, self.post_quant_conv)
-        return [p for part in parts for p in part.parameters()]
-
 
 class EMAVQ(VQModel):
     """``VQModel`` whose codebook follows the encoder outputs by exponential moving averages."""

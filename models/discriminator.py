@@ -1,10 +1,20 @@
-"""Taming's PatchGAN discriminator (pix2pix's N-layer design) and its ActNorm option.
+"""The PatchGAN discriminator: one real/fake logit per overlapping patch (pix2pix's N-layer design).
 
-Keys are upstream's: ``main.{i}.*`` for the layers of one ``nn.Sequential``, with
-ActNorm's ``loc``/``scale``/``initialized`` when ``use_actnorm``.
+``n_layers`` stride-2 4x4 convolutions double the width up to ``8 * ndf``, then two stride-1
+convolutions map to a one-channel logit map. Keys are taming-transformers' (``main.{i}.*``,
+with ActNorm's ``loc``/``scale``/``initialized`` when ``use_actnorm``), so the
+discriminator of an official Taming checkpoint (``loss.discriminator.*``) loads into it.
 """
 import torch
 from torch import nn
+
+
+KERNEL = 4
+
+
+def min_frame_size(n_layers: int) -> int:
+    """Smallest frame side that still leaves a 1x1 logit map after all layers."""
+    return 3 * 2**n_layers
 
 
 def weights_init(module: nn.Module) -> None:
@@ -25,6 +35,7 @@ class ActNorm(nn.Module):
         self.loc = nn.Parameter(torch.zeros(1, num_features, 1, 1))
         self.scale = nn.Parameter(torch.ones(1, num_features, 1, 1))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self._known_initialized = False  # mirrors the buffer once read, so later steps read nothing from the device
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -33,10 +44,14 @@ class ActNorm(nn.Module):
         self.loc.copy_(-mean)
         self.scale.copy_(1 / (std + 1e-6))
         self.initialized.fill_(1)
+        self._known_initialized = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.initialized.item() == 0:
-            self.initialize(x)
+        if self.training and not self._known_initialized:
+            if self.initialized:  # loaded from a checkpoint
+                self._known_initialized = True
+            else:
+                self.initialize(x)
         return self.scale * (x + self.loc)
 
 
@@ -47,18 +62,20 @@ class NLayerDiscriminator(nn.Module):
         super().__init__()
         norm_layer = ActNorm if use_actnorm else nn.BatchNorm2d
         use_bias = use_actnorm  # BatchNorm has its own shift
-        layers = [nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        layers = [nn.Conv2d(input_nc, ndf, kernel_size=KERNEL, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev_mult, mult = mult, min(2 ** n, 8)
             stride = 2 if n < n_layers else 1  # the last hidden layer keeps the resolution
             layers += [
-                nn.Conv2d(ndf * prev_mult, ndf * mult, kernel_size=4, stride=stride, padding=1, bias=use_bias),
+                nn.Conv2d(ndf * prev_mult, ndf * mult, kernel_size=KERNEL, stride=stride, padding=1, bias=use_bias),
                 norm_layer(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
-        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))
+        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=KERNEL, stride=1, padding=1))
         self.main = nn.Sequential(*layers)
+        self.apply(weights_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(n, C, H, W)`` in [-1, 1] -> logits ``(n, 1, h, w)``, one per patch."""
         return self.main(x)
