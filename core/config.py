@@ -83,6 +83,12 @@ class TrainArgs:
     lr: float = attrs.field(default=1e-4, validator=positive)
     lr_decay: float = attrs.field(default=0.99, validator=check(lambda v: 0 < v <= 1, "a value in (0, 1]"))
     lr_decay_interval: int = attrs.field(default=1000, validator=positive)
+    # "exponential": x lr_decay every lr_decay_interval steps (the seed's); "cosine": down to lr_min by num_steps
+    lr_schedule: Literal["exponential", "cosine", "constant"] = "exponential"
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)  # linear warm-up from 0 to lr
+    lr_min: float = attrs.field(default=0.0, validator=non_negative)  # where the cosine ends
+    grad_accum_steps: int = attrs.field(default=1, validator=positive)  # batches per optimizer step
+    ema_decay: Optional[float] = attrs.field(default=None, validator=open_unit)  # EMA of the weights, for validation
     folder_name: str = "runs"
     run_name: Optional[str] = None  # default: the config file's name
     checkpoint_path: Optional[str] = None  # resume from this file
@@ -128,9 +134,10 @@ class TrainArgs:
     compute_lpips: AutoBool = "auto"
     fid_weights: Optional[str] = None  # local pytorch-fid Inception weights file
     # speed and numerics
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
     channels_last: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager": no code generation, for tests)
     grad_clip: Optional[float] = attrs.field(default=None, validator=positive)
     max_nonfinite_steps: int = attrs.field(default=10, validator=positive)
     deterministic: bool = False
@@ -147,6 +154,7 @@ class Config:
     train_args: TrainArgs = attrs.field(factory=TrainArgs)
     data_process: Optional[DataProcess] = None
     use_wandb: bool = False
+    use_tensorboard: bool = False  # event files in the run folder, beside metrics.jsonl
     project_name: str = "vqvc"
     # not JSON keys: where it came from, and the raw data (saved in checkpoints)
     _source: str = attrs.field(default="<dict>", alias="_source")

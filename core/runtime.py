@@ -38,6 +38,15 @@ def set_deterministic(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a GPU that computes in bf16, else ``fp32`` (CPU autocast is slow)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
 def autocast(precision: str, device: torch.device):
     """Autocast context for ``precision`` (fp32: none)."""
     if precision == "fp32":

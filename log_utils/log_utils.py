@@ -46,6 +46,7 @@ class LogManager:
         id_name: str = "",
         wandb_dir: Optional[str] = None,
         is_main: bool = True,
+        use_tensorboard: bool = False,
     ):
         self.log_dir = log_dir
         self.is_main = is_main
@@ -59,6 +60,12 @@ class LogManager:
         self.logger = self._build_logger()
         if is_main and use_wandb:
             self._start_wandb(project_name, config, id_name, wandb_dir or log_dir)
+        self.tensorboard = None
+        if is_main and use_tensorboard:
+            # optional heavy dependency, imported only when asked for
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(log_dir)
 
     # -- local logging ---------------------------------------------------------
     def _build_logger(self) -> logging.Logger:
@@ -91,6 +98,10 @@ class LogManager:
             fh.write(json.dumps({"step": int(step), **values}) + "\n")
         if self.run_wandb is not None:
             self.run_wandb.log({k: v for k, v in values.items() if v is not None}, step=int(step))
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, int(step))
 
     def log_images(
         self,
@@ -117,10 +128,15 @@ class LogManager:
         if self.run_wandb is not None:
             picture = self._wandb.Image(grid.permute(1, 2, 0).numpy(), caption="left: original, right: reconstruction")
             self.run_wandb.log({"viz/recon-original": picture}, step=int(step))
+        if self.tensorboard is not None:
+            self.tensorboard.add_image("viz/recon-original", grid, int(step))
         return path
 
     def close(self) -> None:
         """Finish wandb, then detach this run's handlers (flushes the log file)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.run_wandb is not None:
             self.run_wandb.finish()
             self._wandb.teardown()  # stops wandb's service process once its files are written

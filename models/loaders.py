@@ -36,11 +36,13 @@ def check_compatible(ckpt: dict, model, model_type: str, path: str) -> None:
 
 
 def model_from_checkpoint(path: str, device="cpu", allow_unsafe: bool = False) -> tuple:
-    """``(model, config, checkpoint)``: the model rebuilt from the config saved in the file."""
+    """``(model, config, checkpoint)``: the model rebuilt from the config saved in the file
+    (with the EMA of its weights when the run kept one)."""
     ckpt = verify_checkpoint(load_checkpoint(path, "cpu", allow_unsafe), path)
     config = config_from_dict(ckpt["config"], source=f"{path}[config]")
     model = create_model(config=config)
     check_compatible(ckpt, model, config.model_type, path)
-    model.load_state_dict(ckpt["state_dict"])
+    # the EMA of the weights, when training kept one, is what validation measured
+    model.load_state_dict(ckpt.get("ema_state_dict") or ckpt["state_dict"])
     model.to(device).eval()
     return model, config, ckpt

@@ -95,7 +95,7 @@ def test_bf16_trains_like_fp32(tmp_path, clips):
     for precision in ("fp32", "bf16"):
         trainer = make_trainer(tmp_path, precision, precision=precision)
         frames = frames_of(trainer, clips)
-        losses[precision] = [trainer.train_step(frames, step)["total_loss"] for step in range(4)]
+        losses[precision] = [float(trainer.train_step(frames, step)["total_loss"]) for step in range(4)]
     assert losses["bf16"][-1] < losses["bf16"][0]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.01)
 

@@ -87,7 +87,7 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
 
     log_mgr = LogManager(config.run_dir, use_wandb=config.use_wandb, project_name=config.project_name,
                          config=config.to_dict(), resume=args.resume == "auto", id_name=build_id_name(config),
-                         wandb_dir=args.wandb_dir, is_main=ctx.is_main)
+                         wandb_dir=args.wandb_dir, is_main=ctx.is_main, use_tensorboard=config.use_tensorboard)
     log = log_mgr.logger
     log.info("config %s: model %s, device %s, run folder %s", config.source, config.model_type, device, config.run_dir)
 
@@ -128,7 +128,7 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
         forward_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        forward_model = torch.compile(forward_model)
+        forward_model = torch.compile(forward_model, backend=args.compile_backend)
     return TrainVqVae(config=config, model=model, training_loader=training_loader,
                       validation_loader=validation_loader, log_mgr=log_mgr, device=device, metrics=metrics,
                       perceptual=perceptual, forward_model=forward_model, is_main=ctx.is_main,

@@ -1,14 +1,20 @@
 """TrainVqVae: the training loop, readable top to bottom.
 
 One step: uint8 clips --model.clips_to_input--> [-1, 1] frames --model--> VQOutput
---LossCalculator--> backward and step of the autoencoder's optimizer, then (with a GAN, when
-due) the discriminator's loss, backward and step of its optimizer. The trainer owns both
-optimizers (``train/optim.py``); what lands on disk is ``RunFiles``' business.
+--LossCalculator--> backward (over ``grad_accum_steps`` batches) and step of the autoencoder's
+optimizer, then (with a GAN, when due) the discriminator's loss, backward and step of its
+optimizer. The trainer owns both optimizers (``train/optim.py``); what lands on disk is
+``RunFiles``' business.
+
+A step reads one value from the device: whether it was finite (and, under DDP, whether any
+rank was asked to stop, in the same all-reduce). Losses stay on the device and are read once
+per logging interval (``RunningLogs``).
 """
+import contextlib
 import logging
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import attrs
 import torch
@@ -19,15 +25,17 @@ from core.checkpoint import capture_rng_state, restore_rng_state
 from core.config import Config
 from core.distributed import all_reduce_mean_
 from core.pixels import to_model_range, to_pixel_range
-from core.runtime import autocast, format_duration
+from core.runtime import autocast, format_duration, resolve_precision
 from metric_utils.metric_utils import psnr_from_mse
 from models.loaders import check_compatible
 from models.taming.checkpoint_loading import load_upstream_weights
 from train.losses import LossCalculator
-from train.optim import build_optimizers
+from train.optim import build_optimizers, build_scheduler
 from train.run_files import RunFiles
 from train.signals import StopRequest
+from train.step_logs import RunningLogs
 from train.validation import evaluate
+from train.weights_ema import WeightsEMA
 
 LOG_NAMES = {"total_loss": "train/loss/total", "recon_error": "train/loss/recon", "vq_loss": "train/loss/vq",
              "pixel_loss": "train/loss/pixel", "perceptual_loss": "train/loss/perceptual", "g_loss": "train/loss/g",
@@ -57,16 +65,21 @@ class TrainVqVae:
         self.args = args = self.config.train_args
         self.device = torch.device(self.device)
         self.logger: logging.Logger = self.log_mgr.logger
-        self.forward_model = self.forward_model or self.model
+        if self.forward_model is None:
+            self.forward_model = self.model
         self.num_steps = args.num_steps
+        self.precision = resolve_precision(args.precision, self.device)
         self.loss_calculator = LossCalculator(args, self.model.output_channels, self.config.data_args.frame_size,
                                               self.perceptual).to(self.device)
         self.optimizer, self.optimizer_disc, self.scheduler = build_optimizers(
             args, self.model, self.loss_calculator.discriminator)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ema = WeightsEMA(self.model, args.ema_decay) if args.ema_decay else None
         self.files = RunFiles(self.config.run_dir, args, self.logger, self.is_main)
+        self.running = RunningLogs()
         self.start_step = 0
         self.nonfinite_skipped = 0
+        self.stop_agreed = False  # a stop request seen by the ranks' last agreement
         self.code_prior = None  # code frequencies for the codec, measured at the end of training
         self.stop = StopRequest(self.logger)
         self._resume()
@@ -89,6 +102,8 @@ class TrainVqVae:
         if self.optimizer_disc is not None:
             state["disc_state_dict"] = self.loss_calculator.discriminator.state_dict()
             state["optimizer_disc"] = self.optimizer_disc.state_dict()
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.state_dict()
         if self.code_prior is not None:
             state["code_prior"] = self.code_prior
         return state
@@ -101,11 +116,14 @@ class TrainVqVae:
         path, ckpt = found
         check_compatible(ckpt, self.model, self.config.model_type, path)
         self.model.load_state_dict(ckpt["state_dict"])
-        for name in ("optimizer", "scheduler", "scaler"):
+        for name in ("optimizer", "scaler"):
             if ckpt.get(name):
                 getattr(self, name).load_state_dict(ckpt[name])
         self._restore_discriminator(ckpt)
         self.start_step = int(ckpt["steps"])
+        self.scheduler = build_scheduler(self.args, self.optimizer, self.start_step)  # a function of the step
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.get("ema_state_dict") or ckpt["state_dict"])
         self.files.best = dict(ckpt.get("best", {}))
         if "rng" in ckpt:
             restore_rng_state(ckpt["rng"])
@@ -152,48 +170,79 @@ class TrainVqVae:
         for name, value in snapshot.items():
             buffers[name].copy_(value)
 
-    def train_step(self, images: torch.Tensor, step: int) -> Optional[dict]:
-        """One optimisation step; returns the losses, or None when skipped as non-finite."""
+    def train_step(self, images: Union[torch.Tensor, list], step: int) -> Optional[dict]:
+        """One optimizer step over ``images`` (one batch, or a list of ``grad_accum_steps`` batches).
+
+        Returns the step's logs as device tensors (means over the batches), or None when the
+        step was skipped as non-finite (on every rank alike).
+        """
+        batches = images if isinstance(images, list) else [images]
         snapshot = self._snapshot_buffers()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.args.precision, self.device):
-            out = self.forward_model(images)
-            losses = self.loss_calculator.compute_total_loss(images, out.recon, out.vq_loss, step,
-                                                             self.model.last_layer)
-        total = losses["total_loss"]
-        if not self._on_all_ranks(torch.isfinite(total)):  # every DDP rank must skip together
-            self._restore_buffers(snapshot)
-            return None
-        self.scaler.scale(total).backward()
+        done = []
+        for i, x in enumerate(batches):
+            with self._gradient_sync(last=i == len(batches) - 1):
+                with autocast(self.precision, self.device):
+                    out = self.forward_model(x)
+                    losses = self.loss_calculator.compute_total_loss(x, out.recon, out.vq_loss, step,
+                                                                     self.model.last_layer)
+                self.scaler.scale(losses["total_loss"] / len(batches)).backward()
+            losses["total_loss"] = losses["total_loss"].detach()
+            done.append((x, out.recon.detach(), {**losses, "perplexity": out.perplexity.detach()}))
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.args.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.args.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # equal on all ranks after all-reduce
+        logs = {k: sum(d[2][k] for d in done) / len(done) for k in done[0][2]}
+        finite = torch.isfinite(logs["total_loss"])
+        if not self.scaler.is_enabled():  # with fp16 the scaler skips overflowing steps itself
+            finite = finite & torch.isfinite(grad_norm)
+        if not self._agree(finite):  # the step's one read from the device
             self.optimizer.zero_grad(set_to_none=True)
             self._restore_buffers(snapshot)
             return None
-        self.scaler.step(self.optimizer)  # skips the step itself on fp16 overflow
-        logs = {**losses, "perplexity": out.perplexity.detach(), "grad_norm": grad_norm}
+        self.scaler.step(self.optimizer)
+        logs["grad_norm"] = grad_norm
         if self.loss_calculator.discriminator_due(step):
-            with autocast(self.args.precision, self.device):
-                d_loss, d_logs = self.loss_calculator.discriminator_loss(images, out.recon, step)
-            self._step_discriminator(d_loss)
-            logs.update(d_logs)
+            logs.update(self._step_discriminator(done, step))
         self.scaler.update()  # once per step, after both optimizers stepped
-        return {key: _scalar(value) for key, value in logs.items()}
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return logs
 
-    def _step_discriminator(self, d_loss: torch.Tensor) -> None:
-        """Backward and step of the discriminator, its gradients averaged over DDP ranks (it is not
-        wrapped in DDP), so every rank keeps the same discriminator."""
+    def _gradient_sync(self, last: bool):
+        """DDP averages gradients on the last accumulated batch only."""
+        return contextlib.nullcontext() if last or self.world_size == 1 else self.forward_model.no_sync()
+
+    def _agree(self, finite: torch.Tensor) -> bool:
+        """Read whether the step was finite on every rank; under DDP the same all-reduce tells
+        whether any rank was asked to stop (``stop_agreed``)."""
+        if self.world_size == 1:
+            self.stop_agreed = bool(self.stop)
+            return bool(finite)
+        flags = torch.stack([finite.float(), torch.tensor(float(not self.stop), device=finite.device)])
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+        finite_everywhere, running_everywhere = flags.tolist()
+        self.stop_agreed = not running_everywhere
+        return bool(finite_everywhere)
+
+    def _step_discriminator(self, done: list, step: int) -> dict:
+        """Backward over the batches and step of the discriminator, its gradients averaged over DDP
+        ranks (it is not wrapped in DDP), so every rank keeps the same discriminator."""
         self.optimizer_disc.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss).backward()
+        logs = []
+        for x, recon, _ in done:
+            with autocast(self.precision, self.device):
+                d_loss, d_logs = self.loss_calculator.discriminator_loss(x, recon, step)
+            self.scaler.scale(d_loss / len(done)).backward()
+            logs.append(d_logs)
         for p in self.loss_calculator.discriminator.parameters():
             if p.grad is not None:
                 all_reduce_mean_(p.grad)
         self.scaler.step(self.optimizer_disc)
+        return {k: sum(d[k] for d in logs) / len(logs) for k in logs[0]}
 
     # -- the loop ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -213,8 +262,8 @@ class TrainVqVae:
             while step < self.num_steps:
                 if step % args.validation_interval == 0 and self.validation_loader is not None:
                     self._validate(step)
-                images, b, d = self._prepare(next(data_iter)[0])
-                logs = self.train_step(images, step)
+                batches = [self._prepare(next(data_iter)[0]) for _ in range(args.grad_accum_steps)]
+                logs = self.train_step([frames for frames, _, _ in batches], step)
                 if logs is None:
                     nonfinite_in_row += 1
                     self.nonfinite_skipped += 1
@@ -227,28 +276,19 @@ class TrainVqVae:
                     continue
                 nonfinite_in_row = 0
                 step += 1
-                if step % args.lr_decay_interval == 0:
-                    self.scheduler.step()
-                logs["psnr"] = psnr_from_mse(logs["recon_error"] / 4)  # MSE of [-1, 1] frames
-                self.logger.debug("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+                self.scheduler.step()
+                self.running.add(logs)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{logs['total_loss']:.4f}", psnr=f"{logs['psnr']:.2f}")
-                if step % args.log_interval == 0 or step == self.num_steps:
-                    now = time.time()
-                    rate = (step - step_last) / max(now - t_last, 1e-9)
-                    t_last, step_last = now, step
-                    self.logger.info(
-                        "step %d/%d | loss %.4f | psnr %.2f dB | perplexity %.1f | lr %.2e | %.2f steps/s | ETA %s",
-                        step, self.num_steps, logs["total_loss"], logs["psnr"], logs["perplexity"],
-                        self.optimizer.param_groups[0]["lr"], rate, format_duration((self.num_steps - step) / rate))
-                if self.is_main and step % args.wandb_log_interval == 0:
-                    self.log_mgr.log_metrics(step, self._train_metrics(logs))
+                if step % args.log_interval == 0 or step % args.wandb_log_interval == 0 or step == self.num_steps:
+                    self._report(step, bar, rate=(step - step_last) / max(time.time() - t_last, 1e-9))
+                    t_last, step_last = time.time(), step
                 if self.is_main and step % args.wandb_image_interval == 0:
-                    self._log_reconstructions(step, images, d)
+                    frames, _, d = batches[-1]
+                    self._log_reconstructions(step, frames, d)
                 if step % args.save_interval == 0:
                     self.save(step)
-                if self._on_any_rank(bool(self.stop)):  # ranks stop at the same step
+                if self.stop_agreed:  # the ranks agreed on it: they stop at the same step
                     status = "interrupted"
                     break
             if status == "finished" and self.validation_loader is not None and self.start_step < self.num_steps:
@@ -268,16 +308,19 @@ class TrainVqVae:
                          format_duration(time.time() - t_start), self.files.last_checkpoint)
         return self.files.write_summary(status, step, nonfinite_skipped=self.nonfinite_skipped)
 
-    def _on_all_ranks(self, flag) -> bool:
-        """``flag`` (bool or 0-dim tensor) on every DDP rank; the flag itself in one process."""
-        if self.world_size == 1:
-            return bool(flag)
-        value = torch.as_tensor(flag, dtype=torch.float32, device=self.device).reshape(1)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-        return bool(value.item())
-
-    def _on_any_rank(self, flag: bool) -> bool:
-        return not self._on_all_ranks(not flag)
+    def _report(self, step: int, bar, rate: float) -> None:
+        """Read the logs summed since the last report (one transfer) and write them where they go."""
+        logs = self.running.means()
+        logs["psnr"] = psnr_from_mse(logs["recon_error"] / 4)  # MSE of [-1, 1] frames
+        if bar is not None:
+            bar.set_postfix(loss=f"{logs['total_loss']:.4f}", psnr=f"{logs['psnr']:.2f}")
+        if step % self.args.log_interval == 0 or step == self.num_steps:
+            self.logger.info(
+                "step %d/%d | loss %.4f | psnr %.2f dB | perplexity %.1f | lr %.2e | %.2f steps/s | ETA %s",
+                step, self.num_steps, logs["total_loss"], logs["psnr"], logs["perplexity"],
+                self.optimizer.param_groups[0]["lr"], rate, format_duration((self.num_steps - step) / max(rate, 1e-9)))
+        if self.is_main and step % self.args.wandb_log_interval == 0:
+            self.log_mgr.log_metrics(step, self._train_metrics(logs))
 
     def _train_metrics(self, logs: dict) -> dict:
         metrics = {LOG_NAMES.get(k, f"train/{k}"): v for k, v in logs.items()}
@@ -311,10 +354,16 @@ class TrainVqVae:
         self.logger.info("validation at step %d | %s", step, shown)
         self.files.save_best(metrics, step, lambda: self.training_state(step))
 
+    @property
+    def inference_model(self):
+        """What validation measures and the codec uses: the EMA of the weights if kept, else the weights."""
+        return self.ema.model if self.ema is not None else self.model
+
     def evaluate(self, max_images: int = 10000) -> dict:
         """One pass over the validation clips; the design document's ``val/...`` keys."""
-        return evaluate(self.model, self.validation_loader, self._prepare, self.metrics, self.args, self.device,
-                        max_images, use_images=self.config.use_images)
+        return evaluate(self.inference_model, self.validation_loader, self._prepare, self.metrics, self.precision,
+                        self.device, max_images, use_images=self.config.use_images,
+                        progress=self.args.progress_bar)
 
     def save(self, step: int) -> Optional[str]:
         """Write the step checkpoint (rank 0 only)."""
@@ -330,13 +379,7 @@ class TrainVqVae:
         if not self.is_main:
             return
         position = self.training_loader.samples_seen
-        self.code_prior = fit_code_prior(self.model, self.training_loader, self.device, to_model_range,
+        self.code_prior = fit_code_prior(self.inference_model, self.training_loader, self.device, to_model_range,
                                          max_batches=32)
         self.training_loader.seek(position)  # the prior pass is not part of the training stream
         self.logger.info("code prior measured over %s indices", self.code_prior.get("num_indices"))
-
-
-def _scalar(value) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean())
-    return float(value)

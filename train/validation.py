@@ -10,19 +10,22 @@ from metric_utils.metric_utils import psnr_from_mse
 
 
 @torch.no_grad()
-def evaluate(model, loader, prepare, metrics, args, device, max_images: int = 10000, use_images: bool = False) -> dict:
-    """One pass over the validation clips; the design document's ``val/...`` keys."""
+def evaluate(model, loader, prepare, metrics, precision: str, device, max_images: int = 10000,
+             use_images: bool = False, progress="auto") -> dict:
+    """One pass over the validation clips; the design document's ``val/...`` keys.
+
+    ``prepare`` turns a loader batch into ``(frames, b, d)``; ``precision`` is resolved (no "auto").
+    """
     model.eval()
     if metrics is not None:
         metrics.reset()
     sums, count, images_seen = {}, 0, 0
     batches = loader
-    wanted = args.progress_bar
-    if (sys.stderr.isatty() if wanted == "auto" else wanted):
+    if sys.stderr.isatty() if progress == "auto" else progress:
         batches = tqdm(batches, desc="validate", unit="batch", leave=False, dynamic_ncols=True)
     for images, _paths in batches:
         images, b, d = prepare(images)
-        with autocast(args.precision, device):
+        with autocast(precision, device):
             out = model(images)
         recon = out.recon.float()
         recon_error = F.mse_loss(recon, images)
