@@ -69,9 +69,19 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
         """Weight of the decoder's final layer (for the adaptive GAN weight)."""
 
     @property
-    @abc.abstractmethod
+    def quantizers(self) -> list:
+        """The quantizer of each level (bottom level first), ``models.quantizers.Quantizer`` instances."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its quantizers")
+
+    @property
     def vocab_sizes(self) -> list:
-        """Codebook size per level (bottom level first)."""
+        """Size of the index alphabet per level (bottom level first)."""
+        return [quantizer.vocab_size for quantizer in self.quantizers]
+
+    @property
+    def code_factors(self) -> list:
+        """Per level, the mixed-radix digits an index splits into (see ``models.quantizers``)."""
+        return [list(quantizer.code_factors) for quantizer in self.quantizers]
 
     @property
     @abc.abstractmethod

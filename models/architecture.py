@@ -41,7 +41,12 @@ def rate_summary(model, input_shape: tuple) -> dict:
     vocab_sizes = list(model.vocab_sizes)
     bits = sum(math.prod(shape) * math.log2(vocab) for shape, vocab in zip(shapes, vocab_sizes))
     bits_per_frame = bits / frames
+    try:
+        quantizers = [quantizer.describe() for quantizer in model.quantizers]
+    except NotImplementedError:
+        quantizers = []
     return {
+        "quantizers": quantizers,
         "latent_shapes": shapes,
         "vocab_sizes": vocab_sizes,
         "bits_per_frame": bits_per_frame,
@@ -94,6 +99,9 @@ def _report(model, input_shape, summary: dict, rows: list) -> str:
         f"Trainable parameters: {summary['trainable_params']:,}",
         f"Frozen parameters:    {summary['frozen_params']:,}",
         f"Buffer elements:      {summary['buffer_elements']:,}  (EMA statistics etc.; not trained by the optimizer)",
+        "",
+        "Quantizers (resolved options):",
+        *(f"  level {level}: {text}" for level, text in enumerate(summary["quantizers"])),
         "",
         "Latent codes per clip:",
     ]

@@ -5,6 +5,7 @@
 from core.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
 from core.config_schema import ConfigError
 from models.builders import config_from_dict, create_model, resolve_adapter
+from models.quantizers import optional_state_keys
 
 
 def check_compatible(ckpt: dict, model, model_type: str, path: str) -> None:
@@ -20,8 +21,9 @@ def check_compatible(ckpt: dict, model, model_type: str, path: str) -> None:
             raise CheckpointError(f"{path}: checkpoint is a {saved_type!r} model, the config asks for {model_type!r}")
     expected = model.state_dict()
     state = ckpt["state_dict"]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    optional = optional_state_keys(model)  # usage statistics: older files lack them, they start afresh
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected and k not in optional]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:

@@ -13,7 +13,8 @@ from log_utils.log_utils import LogManager, build_id_name, reconstruction_grid
 from log_utils.plot import main as plot_main
 from log_utils.plot import plot_run
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
-from models.codebook_utils import flatten_channels_last, l2_distances, perplexity_from_indices
+from metric_utils.codebook import perplexity_from_indices
+from models.quantizers.functional import flatten_channels_last, l2_distances
 from models.architecture import analyze_model_architecture
 from core.config import Config
 from core.config_schema import structure

@@ -5,6 +5,7 @@ import os
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.multiprocessing as mp
 
 from models.builders import create_model, resolve_adapter
@@ -60,22 +61,21 @@ def test_encode_changes_no_state(frames):
     contract.check_encode_is_pure(optvq(dead_code_threshold=1.0), frames)
 
 
-def test_encode_does_not_depend_on_the_batch(frames):
-    adapter = optvq(num_head=2)
-    adapter(frames)  # one training step
-    for training in (False, True):
-        adapter.train(training)
-        alone = adapter.encode(frames[3:4])
-        in_batch = adapter.encode(frames)
-        assert all(torch.equal(a[0], b[3]) for a, b in zip(alone, in_batch))
-
-
-def test_training_assignment_uses_the_transport_plan(frames):
+def test_encode_assigns_as_training_does_after_training(frames):
+    """Issue: training took the plan's argmax, encode the nearest code (21.6% agreement after 60 steps)."""
+    torch.manual_seed(0)
     adapter = optvq()
-    train_indices = adapter.train()(frames).indices
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=1e-3)
+    for _ in range(10):
+        out = adapter.train()(frames)
+        optimizer.zero_grad()
+        (F.mse_loss(out.recon, frames) + out.vq_loss).backward()
+        optimizer.step()
     with torch.no_grad():
-        nearest = adapter.encode(frames)
-    assert any(not torch.equal(a, b) for a, b in zip(train_indices, nearest))
+        trained = adapter.train()(frames).indices  # a training forward's assignment (no update under no_grad)
+    encoded = adapter.eval().encode(frames)
+    agreement = torch.stack([(a == b).float().mean() for a, b in zip(trained, encoded)]).mean()
+    assert agreement >= 0.95
 
 
 def test_state_dict_round_trip(frames, tmp_path):
@@ -167,7 +167,7 @@ def test_use_prob_samples_codes_from_the_plan():
 def test_dead_codes_restart_through_the_projection():
     torch.manual_seed(0)
     quantizer = SinkhornQuantizer(nb_entries=6, dim=3, dead_code_threshold=1.0).train()
-    quantizer.usage[:3] = 0.5  # codes 0-2 dead, codes 3-5 alive
+    quantizer.usage[:3] = 0.0  # codes 0-2 dead, codes 3-5 alive
     z = torch.randn(2, 3, 4, 4)
     alive = quantizer.codebook()[3:].detach().clone()
     quantizer(z)

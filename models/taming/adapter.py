@@ -8,15 +8,15 @@ same loss as every family, configured as upstream configures it. With the defaul
 of the official ``vqgan_imagenet_f16_1024`` release, whose checkpoint loads with strict keys.
 """
 import math
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import attrs
 import torch
 
 from core.config import TrainArgs
 from core.config_schema import check, non_negative, open_unit, positive, require
-from metric_utils.codebook import perplexity_from_indices
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
+from models.quantizers import spec_field
 from models.taming.vqgan import EMAVQ, VQModel
 
 #: shared ``model_args`` name -> upstream constructor argument (written once, here)
@@ -109,8 +109,11 @@ class TamingArgs:
     legacy: bool = True  # upstream's loss weighting (VQModel): commitment 1, codebook beta
     decay: float = attrs.field(default=0.99, validator=open_unit)  # EMAVQ's codebook EMA
     variant: Optional[Literal["VQModel", "EMAVQ"]] = None  # null: EMAVQ when model_type is EMAVQ
-    # restart codes used fewer times per batch (running average) than this; 0: never (upstream)
+    # restart codes whose running share of the vectors falls below this fraction of the
+    # expected share N/K (capped at 0.1, see models.quantizers.usage); 0: never (upstream)
     dead_code_threshold: float = attrs.field(default=0.0, validator=non_negative)
+    # null: upstream's codebook (vq, or ema for EMAVQ); or a name / {"type": ..., options} (models.quantizers)
+    quantizer: Union[None, str, dict] = attrs.field(default=None, converter=spec_field)
     ddconfig: TamingDDConfig = attrs.field(factory=TamingDDConfig)
     lossconfig: TamingLossConfig = attrs.field(factory=TamingLossConfig)
 
@@ -127,10 +130,9 @@ def resolve_variant(args: TamingArgs, model_type: Optional[str]) -> str:
 def build_model(args: TamingArgs, variant: str) -> VQModel:
     """Upstream's ``VQModel`` or ``EMAVQ`` from ``model_args`` (translated by ``TRANSLATION``)."""
     shared = {upstream: getattr(args, ours) for ours, upstream in TRANSLATION.items()}
-    common = dict(ddconfig=args.ddconfig.as_upstream(), beta=args.beta, dead_code_threshold=args.dead_code_threshold)
-    if variant == "EMAVQ":
-        return EMAVQ(**shared, **common, decay=args.decay)
-    return VQModel(**shared, **common, legacy=args.legacy)
+    common = dict(ddconfig=args.ddconfig.as_upstream(), beta=args.beta, dead_code_threshold=args.dead_code_threshold,
+                  decay=args.decay, legacy=args.legacy, quantizer=args.quantizer)
+    return (EMAVQ if variant == "EMAVQ" else VQModel)(**shared, **common)
 
 
 class TamingVQGANAdapter(BaseVqVaeAdapter):
@@ -144,9 +146,9 @@ class TamingVQGANAdapter(BaseVqVaeAdapter):
         self.model = build_model(args, self.variant)
 
     def forward(self, x: torch.Tensor) -> VQOutput:
-        quant, emb_loss, (_, _, indices) = self.model.encode(x)
+        quant, emb_loss, indices, stats = self.model.encode(x)
         recon = self.model.decode(quant)
-        return VQOutput(emb_loss, recon, perplexity_from_indices(indices, self.args.vocab_size), indices)
+        return VQOutput(emb_loss, recon, stats["perplexity"], indices)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Code indices ``(N, h, w)``."""
@@ -160,8 +162,8 @@ class TamingVQGANAdapter(BaseVqVaeAdapter):
         return self.model.get_last_layer()
 
     @property
-    def vocab_sizes(self) -> list:
-        return [self.args.vocab_size]
+    def quantizers(self) -> list:
+        return [self.model.quantize]
 
     @property
     def spatial_factor(self) -> int:

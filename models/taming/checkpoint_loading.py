@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from core.config_schema import ConfigError
+from models.quantizers import optional_state_keys
 
 module_logger = logging.getLogger(__name__)
 
@@ -111,10 +112,14 @@ def _listing(keys: list) -> str:
 
 
 def load_strict(module: nn.Module, state: dict, path: str, what: str) -> None:
-    """``module.load_state_dict(state)`` with every key and shape matching, else ``ConfigError`` naming them."""
+    """``module.load_state_dict(state)`` with every key and shape matching, else ``ConfigError`` naming them.
+
+    Only the quantizers' usage statistics may be absent (upstream files have none; they start afresh).
+    """
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    optional = optional_state_keys(module)
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected and k not in optional]
     reshaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
     problems = [f"{label} {_listing(keys)}" for label, keys in

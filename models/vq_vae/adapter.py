@@ -1,8 +1,11 @@
 """``model_type: VqVae`` / ``vq_vae`` / ``VqVae2``: the JSON ``model_args`` and the adapter around ``VqVae2``."""
+from typing import Union
+
 import attrs
 import torch
 
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
+from models.quantizers import spec_field
 from models.vq_vae.vq_vae import VqVae2
 from core.config_schema import check, non_negative, open_unit, positive, require
 
@@ -20,8 +23,11 @@ class VqVae2Args:
     output_channels: int = attrs.field(default=3, validator=positive)
     commitment_cost: float = attrs.field(default=0.25, validator=non_negative)
     decay: float = attrs.field(default=0.99, validator=open_unit)  # 0: learned codebook; > 0: EMA codebook
-    # restart codes used fewer times per batch (running average) than this; 0: never
+    # restart codes whose running share of the vectors falls below this fraction of the
+    # expected share N/K (capped at 0.1, see models.quantizers.usage); 0: never
     dead_code_threshold: float = attrs.field(default=1.0, validator=non_negative)
+    # null: 'ema' when decay > 0, else 'vq'; or a name / {"type": ..., options} (models.quantizers)
+    quantizer: Union[None, str, dict] = attrs.field(default=None, converter=spec_field)
 
     def __attrs_post_init__(self):
         width = self.group_count * self.n_hid
@@ -39,7 +45,7 @@ class VqVae2Adapter(BaseVqVaeAdapter):
 
     def __init__(self, args: VqVae2Args, config):
         super().__init__(args, config)
-        self.model = VqVae2(**attrs.asdict(args), sequence_length=config.data_args.sequence_length)
+        self.model = VqVae2(**attrs.asdict(args, recurse=False), sequence_length=config.data_args.sequence_length)
 
     def forward(self, x: torch.Tensor) -> VQOutput:
         return self.model(x)
@@ -55,8 +61,8 @@ class VqVae2Adapter(BaseVqVaeAdapter):
         return self.model.decoder.last_layer
 
     @property
-    def vocab_sizes(self) -> list:
-        return [self.args.vocab_size]
+    def quantizers(self) -> list:
+        return [self.model.quantizer]
 
     @property
     def spatial_factor(self) -> int:

@@ -5,12 +5,13 @@ The shared JSON names are translated to ``VQVAE``'s own in one table,
 config's top-level key (one power of 2 per level, bottom level first).
 """
 import math
-from typing import Any
+from typing import Any, Union
 
 import attrs
 import torch
 
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
+from models.quantizers import spec_field
 from models.vqvae2.vqvae import VQVAE
 from core.config_schema import Invalid, check, non_negative, open_unit, positive
 
@@ -38,13 +39,17 @@ class VQVAEArgs:
     vocab_size: int = attrs.field(default=512, validator=check(lambda v: v >= 2, "an integer >= 2"))
     decay: float = attrs.field(default=0.99, validator=open_unit)
     commitment_cost: float = attrs.field(default=0.25, validator=non_negative)
-    # restart codes used fewer times per batch (running average) than this; 0: never
+    # restart codes whose running share of the vectors falls below this fraction of the
+    # expected share N/K (capped at 0.1, see models.quantizers.usage); 0: never
     dead_code_threshold: float = attrs.field(default=1.0, validator=non_negative)
+    # null: the family's default; a name, {"type": ..., options}, or a list of those, one per level
+    quantizer: Union[None, str, dict, list[Union[str, dict]]] = attrs.field(default=None, converter=spec_field)
 
 
 def model_kwargs(args: Any) -> dict:
-    """Keyword arguments of the model: ``args``' fields under the model's names."""
-    return {MODEL_ARG_NAMES.get(name, name): value for name, value in attrs.asdict(args).items()}
+    """Keyword arguments of the model: ``args``' fields under the model's names (``quantizer`` is passed apart)."""
+    fields = attrs.asdict(args, recurse=False)
+    return {MODEL_ARG_NAMES.get(name, name): value for name, value in fields.items() if name != "quantizer"}
 
 
 def _is_power_of_2(rate: Any) -> bool:
@@ -59,11 +64,16 @@ class VQVAEAdapter(BaseVqVaeAdapter):
 
     def __init__(self, args: VQVAEArgs, config):
         super().__init__(args, config)
-        self.model = self.model_class(**model_kwargs(args), scaling_rates=list(config.scaling_rates))
+        self.model = self.model_class(**model_kwargs(args), scaling_rates=list(config.scaling_rates),
+                                      quantizer=args.quantizer)
 
     @classmethod
     def check_config(cls, config) -> None:
         rates, nb_levels = config.scaling_rates, config.model_args.nb_levels
+        spec = config.model_args.quantizer
+        if isinstance(spec, list) and len(spec) != nb_levels:
+            raise Invalid(f"model_args.quantizer: {len(spec)} quantizers for model_args.nb_levels = {nb_levels}; "
+                          "expected one for all levels, or one per level")
         expected = f"a list of model_args.nb_levels ({nb_levels}) powers of 2, the bottom level's downsampling first"
         if rates is None or not all(_is_power_of_2(rate) for rate in rates):
             raise Invalid(f"scaling_rates = {rates!r}: expected {expected}")
@@ -104,8 +114,8 @@ class VQVAEAdapter(BaseVqVaeAdapter):
         return self.model.last_layer
 
     @property
-    def vocab_sizes(self) -> list:
-        return [self.args.vocab_size] * self.args.nb_levels
+    def quantizers(self) -> list:
+        return list(self.model.quantizers)
 
     @property
     def spatial_factor(self) -> int:

@@ -14,27 +14,28 @@ import torch
 from torch import nn
 
 from models.adapter_base import VQOutput
-from metric_utils.codebook import perplexity_from_indices
-from models.quantizer_ema import VectorQuantizerEMA
+from models.quantizers import FamilySettings, QuantizerSpec, build_quantizers, parse_spec, per_level
 from models.vqvae2.layers import CodeUpsampler, Decoder, Encoder, resampling_steps
-
-# ``quantizer(vocab_size, embed_dim, decay=, commitment_cost=, dead_code_threshold=)``
-QuantizerFactory = Callable[..., nn.Module]
 
 
 class VQVAE(nn.Module):
     """Frames ``(b, in_channels, H, W)`` -> per-level codes -> frames ``(b, out_channels, H, W)``.
 
     Level ``l`` codes ``(b, H / f_l, W / f_l)`` with ``f_l = prod(scaling_rates[:l + 1])``
-    into ``nb_entries`` codes of ``embed_dim`` channels. ``quantizer`` builds each
-    level's codebook (default: ``VectorQuantizerEMA``); see ``VectorQuantizerEMA`` for the interface.
+    into ``nb_entries`` codes of ``embed_dim`` channels. ``quantizer`` is a ``models.quantizers``
+    spec for every level, or a list of one per level (default: ``default_quantizer``).
     """
+
+    default_quantizer = QuantizerSpec("ema")
+
+    def quantizer_settings(self, decay: float, commitment_cost: float, dead_code_threshold: float) -> FamilySettings:
+        return FamilySettings(commitment_cost=commitment_cost, decay=decay, dead_code_threshold=dead_code_threshold)
 
     def __init__(self, in_channels: int = 3, hidden_channels: int = 128, res_channels: int = 32,
                  nb_res_layers: int = 2, nb_levels: int = 2, embed_dim: int = 64, nb_entries: int = 512,
                  scaling_rates: Sequence[int] = (4, 2), decay: float = 0.99, commitment_cost: float = 0.25,
                  dead_code_threshold: float = 0.0, out_channels: Optional[int] = None,
-                 quantizer: QuantizerFactory = VectorQuantizerEMA):
+                 quantizer=None):
         super().__init__()
         if len(scaling_rates) != nb_levels:
             raise ValueError(
@@ -56,11 +57,9 @@ class VQVAE(nn.Module):
             nn.Conv2d(hidden_channels + (embed_dim if level < nb_levels - 1 else 0), embed_dim, 1)
             for level in range(nb_levels)
         )
-        self.quantizers = nn.ModuleList(
-            quantizer(nb_entries, embed_dim, decay=decay, commitment_cost=commitment_cost,
-                      dead_code_threshold=dead_code_threshold)
-            for _ in range(nb_levels)
-        )
+        specs = per_level(parse_spec(quantizer), nb_levels, self.default_quantizer)
+        settings = self.quantizer_settings(decay, commitment_cost, dead_code_threshold)
+        self.quantizers = nn.ModuleList(build_quantizers(specs, embed_dim, nb_entries, settings))
         # the decoder of level l reads its own codes and those of the nb_levels - 1 - l levels above;
         # the bottom one makes frames, the others condition the quantization of the level below
         self.decoders = nn.ModuleList(
@@ -77,21 +76,27 @@ class VQVAE(nn.Module):
     # -- public ------------------------------------------------------------------
     def forward(self, frames: torch.Tensor) -> VQOutput:
         """``VQOutput(vq_loss summed over levels, recon, mean per-level perplexity, indices)``."""
-        levels, codes_above = self._quantize_top_down(frames, lambda level, z: self.quantizers[level](z))
+        perplexities = []
+
+        def quantize(level, z):
+            quantized, loss, indices, stats = self.quantizers[level](z)
+            perplexities.append(stats["perplexity"])
+            return quantized, loss, indices
+
+        levels, codes_above = self._quantize_top_down(frames, quantize)
         quantized, losses, indices = (list(column) for column in zip(*levels))
         recon = self.decoders[0](torch.cat([quantized[0], *codes_above], dim=1))
-        perplexity = torch.stack([perplexity_from_indices(i, self.nb_entries) for i in indices]).mean()
-        return VQOutput(torch.stack(losses).sum(), recon, perplexity, indices)
+        return VQOutput(torch.stack(losses).sum(), recon, torch.stack(perplexities).mean(), indices)
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> list:
-        """Per-level code indices, bottom first, by plain nearest-code lookup (no state change)."""
+        """Per-level code indices, bottom first (no state change)."""
 
-        def nearest(level, z):
-            indices = self.quantizers[level].nearest(z)
-            return self.quantizers[level].lookup(indices), None, indices
+        def encode(level, z):
+            indices = self.quantizers[level].encode(z)
+            return self.quantizers[level].decode(indices), None, indices
 
-        levels, _ = self._quantize_top_down(frames, nearest)
+        levels, _ = self._quantize_top_down(frames, encode)
         return [indices for _, _, indices in levels]
 
     def decode(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -99,8 +104,8 @@ class VQVAE(nn.Module):
         self._check_indices(indices)
         codes_above = []
         for level in reversed(range(1, self.nb_levels)):
-            _, codes_above = self._decode_level(level, self.quantizers[level].lookup(indices[level]), codes_above)
-        return self.decoders[0](torch.cat([self.quantizers[0].lookup(indices[0]), *codes_above], dim=1))
+            _, codes_above = self._decode_level(level, self.quantizers[level].decode(indices[level]), codes_above)
+        return self.decoders[0](torch.cat([self.quantizers[0].decode(indices[0]), *codes_above], dim=1))
 
     @property
     def last_layer(self) -> torch.Tensor:
