@@ -22,6 +22,11 @@ random weights, which costs what the real one does), the FLOPs of one step count
 ``torch.utils.flop_counter.FlopCounterMode``, and the achieved fraction of the GPU's
 dense peak (from a table of known GPUs; 'unknown' otherwise).
 
+Every row also counts the device-to-host reads of one framework step (``.item()``,
+``float(t)``, ``bool(t)``, ``int(t)``, ``.tolist()``): each makes the host wait for the
+device's queued work. On the GPU the section adds the share of step time the GPU sits
+idle (``torch.profiler``: 1 - the union of kernel time over the wall time of the steps).
+
 The last line is the headline: the smallest framework / bare ratio over the families.
 
     python benchmarks/bench_train.py [--steps 5] [--rounds 6] [--threads 1]
@@ -43,8 +48,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Stopwatch, format_table, write
+from benchmarks.host_reads import counting_host_reads
 from core.config import deep_merge
 from models.builders import config_from_dict
+from train.optim import adam
 from train.train_custom_videos import build_trainer
 
 TARGET = 0.95
@@ -120,11 +127,11 @@ def real_frames(trainer) -> torch.Tensor:
 
 
 class BareLoop:
-    """The least a training step can do: forward, MSE + VQ loss, backward, Adam."""
+    """The least a training step can do: forward, MSE + VQ loss, backward, Adam (the same Adam)."""
 
     def __init__(self, model, lr: float):
         self.model = model
-        self.optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr)
+        self.optimizer = adam(model.trainable_parameters(), lr=lr)
 
     def step(self, frames: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,6 +160,8 @@ def compare_family(name: str, data: dict, args, folder: str) -> dict:
             bare.step(frames)
 
     framework_block(), bare_block()  # warm-up: allocator, lazy initialisation
+    reads = host_reads_per_step(trainer, frames, step)
+    step += args.steps
     framework_time, bare_time, ratios = 0.0, 0.0, []
     for _ in range(args.rounds):
         with Stopwatch() as framework_clock:
@@ -166,7 +175,15 @@ def compare_family(name: str, data: dict, args, folder: str) -> dict:
     steps = args.steps * args.rounds
     params = sum(p.numel() for p in trainer.model.parameters())
     return {"family": name, "params": params, "framework": steps / framework_time, "bare": steps / bare_time,
-            "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios)}
+            "ratio": statistics.median(ratios), "lowest": min(ratios), "highest": max(ratios), "reads": reads}
+
+
+def host_reads_per_step(trainer, frames, first_step: int, steps: int = 5) -> float:
+    """Device-to-host reads of the framework's step, averaged over ``steps`` steps."""
+    with counting_host_reads() as reads:
+        for step in range(first_step, first_step + steps):
+            trainer.train_step(frames, step)
+    return reads.total / steps
 
 
 def peak_tflops(device_name: str) -> tuple:
@@ -195,9 +212,31 @@ def images_per_second(data: dict, precision: str, batch: int, steps: int, folder
         for step in range(3, 3 + steps):
             trainer.train_step(frames, step)
         synchronize()
-    trainer.log_mgr.close()
     seconds = clock.seconds / steps
-    return {"precision": precision, "images": frames.shape[0] / seconds, "flops": flops, "flop_rate": flops / seconds}
+    reads = host_reads_per_step(trainer, frames, 3 + steps)
+    idle = gpu_idle_share(trainer, frames, 8 + steps)
+    trainer.log_mgr.close()
+    return {"precision": precision, "images": frames.shape[0] / seconds, "flops": flops, "flop_rate": flops / seconds,
+            "reads": reads, "idle": idle}
+
+
+def gpu_idle_share(trainer, frames, first_step: int, steps: int = 5) -> float:
+    """1 - (union of GPU kernel intervals) / (wall time) over ``steps`` profiled steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as profiler:
+        with Stopwatch() as clock:
+            for step in range(first_step, first_step + steps):
+                trainer.train_step(frames, step)
+            torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in profiler.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, reach = 0.0, float("-inf")
+    for start, end in kernels:  # the union of possibly overlapping intervals (microseconds)
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return max(0.0, 1.0 - busy * 1e-6 / clock.seconds)
 
 
 def gpu_section(args, folder: str) -> None:
@@ -213,10 +252,12 @@ def gpu_section(args, folder: str) -> None:
         peak = peaks[peak_index] * 1e12 if peaks else None
         rows.append([precision, result["images"], result["flops"] / 1e9, result["flop_rate"] / 1e12,
                      f"{peak / 1e12:.0f} ({peak_name})" if peak else "unknown",
-                     f"{result['flop_rate'] / peak:.1%}" if peak else "unknown"])
+                     f"{result['flop_rate'] / peak:.1%}" if peak else "unknown", result["reads"],
+                     f"{result['idle']:.1%}"])
     write(f"GPU: {name}; Taming f16 at 256x256, batch {args.gpu_batch} images, the framework's training step "
           f"(LPIPS with random weights; discriminator before disc_start)")
-    write(format_table(["precision", "images/s", "GFLOP/step", "achieved TFLOP/s", "peak TFLOP/s", "of peak"], rows))
+    write(format_table(["precision", "images/s", "GFLOP/step", "achieved TFLOP/s", "peak TFLOP/s", "of peak",
+                        "host reads/step", "GPU idle"], rows))
     write()
 
 
@@ -242,9 +283,9 @@ def main(argv=None) -> int:
         write(f"train_step vs a bare loop on the CPU ({args.threads} thread(s)): 64x64 frames, batch 2 clips x 4 "
               f"frames, fp32; {args.rounds} alternating rounds of {args.steps} steps")
         rows = [[r["family"], r["params"], r["framework"], r["bare"], r["ratio"],
-                 f"{r['lowest']:.2f}..{r['highest']:.2f}"] for r in results]
+                 f"{r['lowest']:.2f}..{r['highest']:.2f}", r["reads"]] for r in results]
         write(format_table(["family", "parameters", "framework steps/s", "bare steps/s",
-                            "framework/bare (median)", "rounds' range"], rows))
+                            "framework/bare (median)", "rounds' range", "host reads/step"], rows))
         write()
         gpu_section(args, folder)
     worst = min(results, key=lambda r: r["ratio"])

@@ -5,7 +5,7 @@ import pytest
 
 from models.builders import config_from_dict
 from tests.helpers import merge, tiny_config
-from tests.host_reads import counting_host_reads
+from benchmarks.host_reads import counting_host_reads
 from train.train_custom_videos import build_trainer
 
 MAX_READS_PER_STEP = 2
