@@ -33,7 +33,8 @@ and the diversity ratio with the speed ratio on the folder.
 
     python benchmarks/bench_data.py [--clips 400] [--long-clips 800] [--loops 16]
                                     [--folder-videos 16] [--folder-clips 800]
-                                    [--sequence-length 8] [--size 128] [--repeats 2]
+                                    [--sequence-length 8] [--size 128] [--resize-mode crop]
+                                    [--repeats 2]
                                     [--videos A.mp4 B.mp4 ...]
 """
 import argparse
@@ -52,7 +53,8 @@ import cv2
 import imageio_ffmpeg
 
 from benchmarks.common import Stopwatch, format_table, reset_peak_rss, rss_mib, write
-from data_utils.frame_reader import resize_rgb
+from data_utils.frame_reader import probe_video
+from data_utils.geometry import RESIZE_MODES, decoded_size, fit_frame
 from data_utils.sample_data import sample_video_files
 from data_utils.datasets import VideoDataset
 
@@ -69,7 +71,7 @@ def ffmpeg_rate(path: str, frames: int) -> float:
     return frames / clock.seconds
 
 
-def sequential_rate(path: str, size: tuple) -> tuple:
+def sequential_rate(path: str, size: tuple, mode: str) -> tuple:
     """(frames, frames/s) of an OpenCV read of the whole file, resized as the loader does."""
     frames = 0
     with Stopwatch() as clock:
@@ -78,16 +80,16 @@ def sequential_rate(path: str, size: tuple) -> tuple:
             ok, frame = capture.read()
             if not ok:
                 break
-            resize_rgb(frame, size)
+            fit_frame(frame, size, mode)
             frames += 1
         capture.release()
     return frames, frames / clock.seconds
 
 
-def random_rates(path: str, clips: int, sequence_length: int, size: tuple) -> tuple:
+def random_rates(path: str, clips: int, sequence_length: int, size: tuple, mode: str) -> tuple:
     """Frames/s of ``clips`` training samples from a fresh dataset (cold), then of the next ``clips`` (warm)."""
     with Stopwatch() as cold:
-        dataset = VideoDataset([path], sequence_length, size, seed=0)
+        dataset = VideoDataset([path], sequence_length, size, seed=0, resize_mode=mode)
         for k in range(clips):
             dataset[k]
     with Stopwatch() as warm:
@@ -125,10 +127,10 @@ def folder_rates(paths: list, clips: int, args, size: tuple) -> dict:
     for _ in range(args.repeats):
         frames, seconds = 0, 0.0
         for path in paths:
-            count, rate = sequential_rate(path, size)
+            count, rate = sequential_rate(path, size, args.resize_mode)
             frames, seconds = frames + count, seconds + count / rate
         with Stopwatch() as clock:
-            dataset = VideoDataset(paths, args.sequence_length, size, seed=0)
+            dataset = VideoDataset(paths, args.sequence_length, size, seed=0, resize_mode=args.resize_mode)
             for k in range(clips):
                 dataset[k]
         dataset.reader.close()
@@ -164,8 +166,8 @@ def measure_rates(path: str, clips: int, args, size: tuple) -> dict:
     best = {"ffmpeg": 0.0, "sequential": 0.0, "random": 0.0, "warm": 0.0}
     frames = 0
     for _ in range(args.repeats):
-        frames, sequential = sequential_rate(path, size)
-        cold, warm = random_rates(path, clips, args.sequence_length, size)
+        frames, sequential = sequential_rate(path, size, args.resize_mode)
+        cold, warm = random_rates(path, clips, args.sequence_length, size, args.resize_mode)
         rates = {"ffmpeg": ffmpeg_rate(path, frames), "sequential": sequential, "random": cold, "warm": warm}
         best = {key: max(best[key], rates[key]) for key in best}
     capture = cv2.VideoCapture(path)
@@ -174,18 +176,19 @@ def measure_rates(path: str, clips: int, args, size: tuple) -> dict:
     return {"name": os.path.basename(path), "shape": shape, "frames": frames, "clips": clips, **best}
 
 
-def measure_memory(path: str, clips: int, sequence_length: int, size: tuple) -> dict:
+def measure_memory(path: str, clips: int, sequence_length: int, size: tuple, mode: str) -> dict:
     """Peak numpy allocations and resident-memory growth while a fresh dataset draws ``clips`` samples."""
     resettable = reset_peak_rss()
     before = rss_mib()
     tracemalloc.start()
-    dataset = VideoDataset([path], sequence_length, size, seed=0)
+    dataset = VideoDataset([path], sequence_length, size, seed=0, resize_mode=mode)
     for k in range(clips):
         dataset[k]
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     growth = rss_mib("VmHWM") - before if resettable else rss_mib() - before
-    bound = dataset.reader.cache_frames * size[0] * size[1] * 3 / 2**20
+    height, width = decoded_size(probe_video(path)[2], size, mode)  # cached frames: before the crop
+    bound = dataset.reader.cache_frames * height * width * 3 / 2**20
     dataset.reader.close()
     return {"name": os.path.basename(path), "traced": traced_peak / 2**20, "rss": growth, "bound": bound,
             "rss_kind": "high-water" if resettable else "current"}
@@ -204,6 +207,8 @@ def parse_args(argv=None):
                         help="clips drawn from the folder per pass (default 800)")
     parser.add_argument("--sequence-length", type=int, default=8, help="frames per clip (default 8)")
     parser.add_argument("--size", type=int, default=128, help="square training resolution (default 128)")
+    parser.add_argument("--resize-mode", choices=RESIZE_MODES, default="crop",
+                        help="data_args.resize_mode of the loader and the sequential read (default crop)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats, best kept (default 2)")
     parser.add_argument("--videos", nargs="+", help="your own videos instead of the built-in clips")
     return parser.parse_args(argv)
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
     named = {os.path.basename(v): v for v in videos}
     memory_clip = named.get("bigbuckbunny.mp4")
     # Memory first, while the process's high-water mark still reflects nothing else.
-    memory = measure_memory(memory_clip, args.clips, args.sequence_length, size) if memory_clip else None
+    memory = measure_memory(memory_clip, args.clips, args.sequence_length, size, args.resize_mode) if memory_clip else None
 
     with tempfile.TemporaryDirectory() as folder:
         runs = [(path, args.clips) for path in videos]
@@ -228,8 +233,8 @@ def main(argv=None) -> int:
         observed, expected = distinct_files(folder_videos, args.sequence_length, 4096)
         stream = folder_rates(folder_videos, args.folder_clips, args, size)
 
-    write(f"VideoDataset: clips of {args.sequence_length} frames at {args.size}x{args.size}, "
-          f"default frame cache; best of {args.repeats} alternating runs; rates in frames/s")
+    write(f"VideoDataset: clips of {args.sequence_length} frames at {args.size}x{args.size} "
+          f"(resize_mode {args.resize_mode}), default frame cache; best of {args.repeats} alternating runs; rates in frames/s")
     headers = ["video", "size", "frames", "clips", "ffmpeg", "sequential", "random (cold)", "warm",
                "random/sequential"]
     rows = [[r["name"], r["shape"], r["frames"], r["clips"], r["ffmpeg"], r["sequential"], r["random"], r["warm"],

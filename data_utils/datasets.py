@@ -102,6 +102,8 @@ class VideoDataset(Dataset):
         while True:
             i, start, span = self._locate(k)
             clip = self.reader.clip(self.files[i], start, self.sequence_length, span)
+            if clip is None:  # once more on its own, from a fresh seek, before doubting the file
+                clip = self.reader.clip(self.files[i], start, self.sequence_length)
             if clip is not None:
                 break
             self._correct_count(i, start)

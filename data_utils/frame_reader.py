@@ -90,25 +90,27 @@ class CachedVideoReader:
     def clip(self, path: str, start: int, length: int, span: Optional[tuple] = None) -> Optional[np.ndarray]:
         """``(length, h, w, 3)`` uint8 RGB frames ``start .. start+length-1``, None if unreadable.
 
-        ``span`` = (first, end) frames around the clip: on a cache miss the whole span is
-        decoded in one sequential pass, for the clips that will be cut from it later.
+        ``span`` = (first, end, needed) frames around the clip: on a cache miss the span is
+        decoded in one sequential pass for the clips that will be cut from it later, keeping
+        the ``needed`` frames (all when None) and this clip's.
         """
+        wanted = range(start, start + length)
+        missing = [j for j in wanted if (path, j) not in self._cache]
+        if missing:
+            lo, hi, keep = missing[0], max(start + length, missing[0] + self.readahead), None
+            if span is not None:
+                first, end, needed = span
+                keep = None if needed is None else needed.union(wanted)
+                lo = min(missing[0], next((j for j in range(first, missing[0])
+                                           if (keep is None or j in keep) and (path, j) not in self._cache), lo))
+                hi = max(end, start + length)
+            self._decode_range(path, lo, hi, keep)
         frames = []
-        for index in range(start, start + length):
+        for index in wanted:
             frame = self._cache.get((path, index))
             if frame is None:
-                if span is not None:  # decode the rest of the span from its first missing frame
-                    first, end = span
-                    lo = next((j for j in range(first, index) if (path, j) not in self._cache), index)
-                    hi = max(end, start + length)
-                else:
-                    lo, hi = index, max(start + length, index + self.readahead)
-                self._decode_range(path, lo, hi)
-                frame = self._cache.get((path, index))
-                if frame is None:
-                    return None
-            else:
-                self._cache.move_to_end((path, index))
+                return None
+            self._cache.move_to_end((path, index))
             frames.append(frame)
         return np.stack(frames)
 
@@ -131,8 +133,8 @@ class CachedVideoReader:
             entry[1] = int(entry[0].get(cv2.CAP_PROP_POS_FRAMES))
         return entry
 
-    def _decode_range(self, path: str, first: int, end: int) -> None:
-        """Decode frames ``first .. end-1`` into the cache (fewer if the file ends or fails)."""
+    def _decode_range(self, path: str, first: int, end: int, keep: Optional[frozenset] = None) -> None:
+        """Decode frames ``first .. end-1``, caching those in ``keep`` (all when None; fewer if the file ends)."""
         entry = self._capture(path, first)
         if entry is None:
             return
@@ -142,10 +144,17 @@ class CachedVideoReader:
                 return self._close(path)
             entry[1] += 1
         while entry[1] < end:
-            ok, frame = cap.read()
-            if not ok:
-                return self._close(path)
-            self._store(path, entry[1], fit_frame(frame, self.size, self.mode))
+            cached = (path, entry[1]) in self._cache
+            if cached or (keep is not None and entry[1] not in keep):
+                if not cap.grab():  # decoded but not converted: cached already, or no clip uses it
+                    return self._close(path)
+                if cached:  # still wanted: not to be evicted by the frames stored after it
+                    self._cache.move_to_end((path, entry[1]))
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    return self._close(path)
+                self._store(path, entry[1], fit_frame(frame, self.size, self.mode))
             entry[1] += 1
 
     def _store(self, path: str, index: int, frame: np.ndarray) -> None:

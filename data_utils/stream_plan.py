@@ -7,8 +7,9 @@ one sequential pass, and keeps ``slots`` chunks in flight at once, their frames 
 reader's cache. Each group of samples draws ``slots`` chunks at random (with probability
 proportional to their starts) and takes its samples from them in turn, each at a uniformly
 random start within its chunk: consecutive samples come from ``slots`` different places of
-the data set, every clip start is exactly as likely as under uniform sampling, and every
-decoded frame is used about once.
+the data set, every clip start is exactly as likely as under uniform sampling, and the
+chunk's frames are used about once on average. The reader converts and resizes only the
+frames the group's clips use, and merely decodes the others.
 """
 import numpy as np
 
@@ -21,7 +22,8 @@ def sample_rng(*keys: int) -> np.random.Generator:
 
 
 class StreamPlan:
-    """Sample ``k`` -> (file index, start frame, (first, end) frames of its chunk).
+    """Sample ``k`` -> (file index, start frame, span): span = (first, end, needed) frames of its
+    chunk, ``needed`` those that the group's clips use (None: unknown), for the reader.
 
     ``segments`` lists the clip starts this process owns as ``(file, lo, hi)`` (``hi``
     excluded); ``key`` (seed, part) makes each process's stream its own. A file found to
@@ -42,13 +44,19 @@ class StreamPlan:
         # each chunk gives about as many clips as it has frames / sequence_length
         self.group = self.slots * max(1, -(-(chunk_starts + sequence_length - 1) // sequence_length))
         self.limits = {}  # file -> first start that does not decode
-        self._last = (None, None)
+        self._last = (None, None)  # the group plan last used
 
-    def _group_chunks(self, g: int) -> np.ndarray:
+    def _group_plan(self, g: int) -> tuple:
+        """(chunk of each slot, start of each sample, frames each slot's samples need) of group ``g``."""
         if self._last[0] != g:
-            draws = sample_rng(*self.key, 0, g).random(self.slots)
-            chosen = np.minimum(np.searchsorted(self.cumulative, draws, side="right"), len(self.chunks) - 1)
-            self._last = (g, chosen)
+            rng = sample_rng(*self.key, 0, g)
+            chunks = np.minimum(np.searchsorted(self.cumulative, rng.random(self.slots), side="right"),
+                                len(self.chunks) - 1)
+            bounds = np.array([self.chunks[c][1:] for c in chunks])[np.arange(self.group) % self.slots]
+            starts = bounds[:, 0] + (rng.random(self.group) * (bounds[:, 1] - bounds[:, 0])).astype(np.int64)
+            needed = [frozenset(j for start in starts[slot::self.slots] for j in range(start, start + self.sequence_length))
+                      for slot in range(self.slots)]
+            self._last = (g, (chunks, starts, needed))
         return self._last[1]
 
     def limit(self, file: int, decodable_frames: int) -> None:
@@ -57,15 +65,17 @@ class StreamPlan:
 
     def locate(self, k: int) -> tuple:
         g, r = divmod(k, self.group)
-        chunks = self._group_chunks(g)
+        chunks, starts, needed = self._group_plan(g)
+        slot, start = r % self.slots, int(starts[r])
+        i, lo, hi = self.chunks[chunks[slot]]
+        if start < self.limits.get(i, hi):
+            return i, start, (lo, hi + self.sequence_length - 1, needed[slot])
         rng = sample_rng(*self.key, 1, k)
-        slot = r % self.slots
-        for _ in range(MAX_REDRAWS):
-            i, lo, hi = self.chunks[chunks[slot]]
+        for _ in range(MAX_REDRAWS):  # past a file's real end: another clip in flight
+            i, lo, hi = self.chunks[chunks[int(rng.integers(self.slots))]]
             start = lo + int(rng.integers(hi - lo))
             if start < self.limits.get(i, hi):
-                return i, start, (lo, hi + self.sequence_length - 1)
-            slot = int(rng.integers(self.slots))  # past a file's real end: another clip in flight
+                return i, start, (lo, hi + self.sequence_length - 1, None)
         return self._redraw_anywhere(rng)
 
     def _redraw_anywhere(self, rng: np.random.Generator) -> tuple:
@@ -74,4 +84,4 @@ class StreamPlan:
             raise RuntimeError("no clip of the data set decodes: every file ends before its first clip")
         i, lo, hi = self.chunks[rng.choice(len(self.chunks), p=valid / valid.sum())]
         start = lo + int(rng.integers(min(hi, self.limits.get(i, hi)) - lo))
-        return i, start, (lo, hi + self.sequence_length - 1)
+        return i, start, (lo, hi + self.sequence_length - 1, None)
