@@ -221,7 +221,9 @@ def main(argv=None) -> int:
     named = {os.path.basename(v): v for v in videos}
     memory_clip = named.get("bigbuckbunny.mp4")
     # Memory first, while the process's high-water mark still reflects nothing else.
-    memory = measure_memory(memory_clip, args.clips, args.sequence_length, size, args.resize_mode) if memory_clip else None
+    memory = None
+    if memory_clip:
+        memory = measure_memory(memory_clip, args.clips, args.sequence_length, size, args.resize_mode)
 
     with tempfile.TemporaryDirectory() as folder:
         runs = [(path, args.clips) for path in videos]
@@ -234,7 +236,8 @@ def main(argv=None) -> int:
         stream = folder_rates(folder_videos, args.folder_clips, args, size)
 
     write(f"VideoDataset: clips of {args.sequence_length} frames at {args.size}x{args.size} "
-          f"(resize_mode {args.resize_mode}), default frame cache; best of {args.repeats} alternating runs; rates in frames/s")
+          f"(resize_mode {args.resize_mode}), default frame cache; best of {args.repeats} alternating runs; "
+          "rates in frames/s")
     headers = ["video", "size", "frames", "clips", "ffmpeg", "sequential", "random (cold)", "warm",
                "random/sequential"]
     rows = [[r["name"], r["shape"], r["frames"], r["clips"], r["ffmpeg"], r["sequential"], r["random"], r["warm"],
@@ -253,7 +256,7 @@ def main(argv=None) -> int:
     diversity, speed = observed / expected, stream["random"] / stream["sequential"]
     write(format_table(["videos", f"files per {WINDOW} clips", "i.i.d.", "diversity ratio", "sequential",
                         "random (cold)", "random/sequential"],
-                       [[len(folder_videos), observed, expected, diversity, stream["sequential"],
+                       [[len(folder_videos), f"{observed:.2f}", f"{expected:.2f}", diversity, stream["sequential"],
                          stream["random"], speed]]))
     worst = min(results, key=lambda r: r["random"] / r["sequential"])
     ratio = worst["random"] / worst["sequential"]

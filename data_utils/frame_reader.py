@@ -103,7 +103,7 @@ class CachedVideoReader:
                 keep = None if needed is None else needed.union(wanted)
                 lo = min(missing[0], next((j for j in range(first, missing[0])
                                            if (keep is None or j in keep) and (path, j) not in self._cache), lo))
-                hi = max(end, start + length)
+                hi = max(end, start + length) if keep is None else max(keep) + 1
             self._decode_range(path, lo, hi, keep)
         frames = []
         for index in wanted:

@@ -88,8 +88,10 @@ def describe_geometry(source: Optional[tuple], size: tuple, mode: str, random_cr
         return f"frames are stretched to {target} (resize_mode stretch)"
     first = "frames" if source is None else f"{source[1]}x{source[0]} frames (the first file's)"
     if mode == "pad":
-        inner = "fit inside" if source is None else "resized to {1}x{0}, fitting".format(*_scaled(source, size, False))
+        fit = _scaled(source, size, cover=False) if source else None
+        inner = "fit inside" if fit is None else f"resized to {fit[1]}x{fit[0]} to fit inside"
         return f"{first} are {inner} {target} and padded with black (resize_mode pad)"
-    cover = "resized to cover" if source is None else "resized to {1}x{0}, covering".format(*_scaled(source, size, True))
+    covering = _scaled(source, size, cover=True) if source else None
+    cover = "resized to cover" if covering is None else f"resized to {covering[1]}x{covering[0]} to cover"
     where = "a random place" if random_crop else "the centre"
-    return f"{first} are {cover} {target}, and cropped to it at {where} (resize_mode crop)"
+    return f"{first} are {cover} {target}, then cropped to it at {where} (resize_mode crop)"

@@ -54,7 +54,8 @@ class StreamPlan:
                                 len(self.chunks) - 1)
             bounds = np.array([self.chunks[c][1:] for c in chunks])[np.arange(self.group) % self.slots]
             starts = bounds[:, 0] + (rng.random(self.group) * (bounds[:, 1] - bounds[:, 0])).astype(np.int64)
-            needed = [frozenset(j for start in starts[slot::self.slots] for j in range(start, start + self.sequence_length))
+            clip_frames = np.arange(self.sequence_length)
+            needed = [frozenset((starts[slot::self.slots, None] + clip_frames).ravel().tolist())
                       for slot in range(self.slots)]
             self._last = (g, (chunks, starts, needed))
         return self._last[1]

@@ -55,8 +55,8 @@ def test_clips_equal_independent_decode_in_rgb():
     # RGB, not BGR: the first pixel row matches a BGR->RGB conversion of the raw frame
     cap = cv2.VideoCapture(path)
     _, raw = cap.read()
-    first = VideoDataset([path], 1, (raw.shape[0], raw.shape[1]), clips_per_file=1, resize_mode="stretch")[0][0][0].numpy()
-    np.testing.assert_array_equal(first, raw[..., ::-1])
+    native = VideoDataset([path], 1, raw.shape[:2], clips_per_file=1, resize_mode="stretch")
+    np.testing.assert_array_equal(native[0][0][0].numpy(), raw[..., ::-1])
 
 
 def test_sample_order_is_reproducible_and_resumable():
