@@ -46,13 +46,16 @@ class DataArgs:
     validation_data_files: list[str] = attrs.field(factory=list)
     seed: int = 2025
     sequence_length: int = attrs.field(default=8, validator=positive)
-    # Default to this process's rank / world size (torchrun), else 0 / 1.
+    # This run's share of the data (default: all of it), split again among torchrun's ranks.
     shard_id: Optional[int] = attrs.field(default=None, validator=non_negative)
     num_shards: Optional[int] = attrs.field(default=None, validator=positive)
-    # Frames the loader keeps decoded per worker (at training resolution) to cut clips from.
+    # Frames the loader keeps decoded per worker (resized, before any crop) to cut clips from.
     initial_prefetch_size: int = attrs.field(default=2048, validator=positive)
     # (height, width) every frame is resized to on read; an int means square.
     resolution: Union[int, list[int]] = attrs.field(default=64)
+    # How frames of another aspect ratio reach `resolution`: short side resized, then cropped
+    # (at random for training, centred for validation); fitted inside and padded; or stretched.
+    resize_mode: Literal["crop", "pad", "stretch"] = "crop"
     prefetch_factor: int = attrs.field(default=2, validator=positive)
     persistent_workers: bool = True
     pin_memory: AutoBool = "auto"
@@ -63,10 +66,10 @@ class DataArgs:
             isinstance(size, list) and len(size) == 2 and all(v > 0 for v in size)
         )
         require(ok, f"resolution = {size!r}: expected a positive int or [height, width]")
-        if self.shard_id is not None and self.num_shards is not None:
+        if self.shard_id is not None:
             require(
-                self.shard_id < self.num_shards,
-                f"shard_id = {self.shard_id}: expected < num_shards ({self.num_shards})",
+                self.shard_id < (self.num_shards or 1),
+                f"shard_id = {self.shard_id}: expected < num_shards ({self.num_shards or 1})",
             )
 
     @property

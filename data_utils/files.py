@@ -1,6 +1,7 @@
-"""Which files a data set is made of: folders searched by extension, file lists, ``builtin:`` samples, shards."""
+"""Which files a data set is made of: folders searched by extension, file lists, ``builtin:`` samples,
+and the share of them each shard x DDP rank trains on."""
 import os
-from typing import Union
+from typing import Optional, Union
 
 from core.config_schema import ConfigError
 from data_utils.sample_data import builtin_files, is_builtin
@@ -48,6 +49,33 @@ def resolve_data_files(spec: Union[str, list, None], use_images: bool, key: str)
     return files
 
 
-def shard_files(files: list, shard_id: int, num_shards: int) -> list:
-    """A disjoint share of ``files`` for one shard (files ``shard_id, shard_id+n, ...``)."""
-    return files[shard_id::num_shards]
+def compose_shards(shard_id: Optional[int], num_shards: Optional[int], rank: int, world_size: int) -> tuple:
+    """(part, parts): the configured shard of the data set (default: all of it), split once more
+    among the DDP ranks, so ranks never share a part whatever the config says."""
+    shard_id, num_shards = shard_id or 0, num_shards or 1
+    if shard_id >= num_shards:
+        raise ConfigError(f"data_args.shard_id = {shard_id}: expected < num_shards ({num_shards})")
+    return shard_id * world_size + rank, num_shards * world_size
+
+
+def shard_files(files: list, part: int, parts: int) -> list:
+    """Part ``part`` of ``parts`` equal, contiguous, disjoint shares of ``files`` (sizes differ by at most one)."""
+    return files[part * len(files) // parts:(part + 1) * len(files) // parts]
+
+
+def shard_starts(starts: list, part: int, parts: int) -> list:
+    """Part ``part`` of ``parts`` equal shares of all clip starts, as ``(file, lo, hi)`` ranges.
+
+    ``starts[i]`` clip starts of file ``i`` are laid end to end and cut into ``parts``
+    contiguous pieces of equal size (to one start): sampling each part uniformly samples the
+    whole data set uniformly, and a long file can be shared by several parts.
+    """
+    total = sum(starts)
+    first, end = part * total // parts, (part + 1) * total // parts
+    segments, offset = [], 0
+    for i, count in enumerate(starts):
+        lo, hi = max(first - offset, 0), min(end - offset, count)
+        if lo < hi:
+            segments.append((i, lo, hi))
+        offset += count
+    return segments

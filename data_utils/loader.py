@@ -5,9 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from core.config_schema import ConfigError
 from data_utils.datasets import ImageDataset, VideoDataset
-from data_utils.files import shard_files
 
 
 def collate_fn(batch: list) -> tuple:
@@ -68,21 +66,21 @@ def build_loader(files: list, data_args, use_images: bool, *, shard_id: int = 0,
                  folder: str = "data", start_sample: int = 0) -> DataLoaderWrapper:
     """A loader over ``files`` (videos, or images when ``use_images``) as ``data_args`` describes.
 
-    Training (``validation=False``): the endless random stream of this shard's files from
-    sample ``start_sample``; validation: a finite, fixed pass of ``clips_per_file`` clips per file.
+    Training (``validation=False``): from sample ``start_sample``, the endless random stream
+    of part ``shard_id`` of ``num_shards`` equal shares of all clips (``compose_shards``
+    makes the part of a configured shard and a DDP rank); its seed is ``(seed, shard_id)``.
+    Validation: a finite, fixed pass of ``clips_per_file`` clips per file, all files.
     ``data_args.initial_prefetch_size`` bounds the decoded-frame cache (frames per worker).
     """
     seed = data_args.seed if seed is None else seed
     size, length = data_args.frame_size, data_args.sequence_length
-    shard = shard_files(list(files), shard_id, num_shards)
-    if not shard:
-        raise ConfigError(f"{folder}: no files for shard {shard_id} of {num_shards} ({len(files)} files in all)")
     fixed = clips_per_file if validation else None
+    part = (0, 1) if validation else (shard_id, num_shards)
+    common = dict(seed=seed, clips_per_file=fixed, folder=folder, part=part, resize_mode=data_args.resize_mode)
     if use_images:
-        dataset = ImageDataset(shard, length, size, seed=seed, clips_per_file=fixed, folder=folder)
+        dataset = ImageDataset(list(files), length, size, **common)
     else:
-        dataset = VideoDataset(shard, length, size, seed=seed, cache_frames=data_args.initial_prefetch_size,
-                               clips_per_file=fixed, folder=folder)
+        dataset = VideoDataset(list(files), length, size, cache_frames=data_args.initial_prefetch_size, **common)
     workers = data_args.num_threads
     extra = {}
     if workers > 0:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
 from core.runtime import seed_everything, select_device, set_deterministic
-from data_utils.files import resolve_data_files
+from data_utils.files import compose_shards, resolve_data_files
 from data_utils.loader import build_loader
 from log_utils.log_utils import LogManager, build_id_name
 from log_utils.plot import plot_run
@@ -108,10 +108,9 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     if ctx.is_main:
         analyze_model_architecture(model, frame_shape, os.path.join(config.run_dir, "architecture.txt"), log)
 
-    shard_id = data_args.shard_id if data_args.shard_id is not None else ctx.rank
-    num_shards = data_args.num_shards if data_args.num_shards is not None else ctx.world_size
-    training_loader = build_loader(train_files, data_args, config.use_images, shard_id=shard_id,
-                                   num_shards=num_shards, seed=data_args.seed + shard_id, folder="data_process.train")
+    part, parts = compose_shards(data_args.shard_id, data_args.num_shards, ctx.rank, ctx.world_size)
+    training_loader = build_loader(train_files, data_args, config.use_images, shard_id=part, num_shards=parts,
+                                   folder="data_process.train")
     validation_loader = None
     if ctx.is_main and valid_files:
         validation_loader = build_loader(valid_files, data_args, config.use_images, validation=True,
