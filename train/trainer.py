@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
-from codec.prior import fit_code_prior
+from codec.prior import fit_prior
 from core.atomic_files import remove_orphaned_temp_files
 from core.checkpoint import (
     capture_rng_state,
@@ -370,14 +370,11 @@ class TrainVqVae:
         return path
 
     def _fit_prior(self) -> None:
-        """Code frequencies over training clips, stored for the codec's entropy coder."""
+        """Code statistics over the training videos at their own scale, for the codec's entropy coder."""
         if not self.is_main:
             return
-        position = self.training_loader.samples_seen
-        self.code_prior = fit_code_prior(self.model, self.training_loader, self.device, self.normalize,
-                                         max_batches=32)
-        self.training_loader.seek(position)  # the prior pass is not part of the training stream
-        self.logger.info("code prior measured over %s indices", self.code_prior.get("num_indices"))
+        fit_prior(self.model, self.training_loader.dataset.files, source="training data")
+        self.code_prior = self.model.code_prior_state()
 
     def _write_summary(self, status: str, step: int) -> dict:
         summary = {"status": status, "steps": step, "last_checkpoint": self.last_checkpoint,
