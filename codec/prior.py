@@ -26,7 +26,7 @@ from models.loaders import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
-SEQUENCES = 64  # runs of consecutive frames, spread over the files
+SEQUENCES = 32  # runs of consecutive frames, spread over the files
 CLIPS_PER_SEQUENCE = 8  # clips (latent frames) per run: 7 transitions to count
 CROP = 128  # largest crop side, in pixels of the frames as coded
 
@@ -46,10 +46,11 @@ def _crop(frames: np.ndarray, crop: int, factor: int, index: int) -> np.ndarray:
     return frames[:, top:top + side_y, left:left + side_x]
 
 
-def prior_sequences(files: list, model, sequences: int = SEQUENCES, clips: int = CLIPS_PER_SEQUENCE,
-                    crop: int = CROP, size: Optional[tuple] = None) -> Iterator[torch.Tensor]:
-    """Runs of ``clips`` clips of consecutive frames ``(T, 3, h, w)`` in [0, 1], evenly spread over
-    ``files`` (videos, images or folders of frames), each file read once, sequentially."""
+def prior_sequences(files: list, model, sequences: Optional[int] = None, clips: Optional[int] = None,
+                    crop: Optional[int] = None, size: Optional[tuple] = None) -> Iterator[torch.Tensor]:
+    """``sequences`` runs of ``clips`` clips of consecutive frames ``(T, 3, h, w)`` in [0, 1], evenly
+    spread over ``files`` (videos, images or folders of frames), each file read once, sequentially."""
+    sequences, clips, crop = sequences or SEQUENCES, clips or CLIPS_PER_SEQUENCE, crop or CROP
     length = clips * model.frames_per_clip
     files = list(files)
     if len(files) > sequences:  # one run from each of ``sequences`` files spread over the list
