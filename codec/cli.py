@@ -48,7 +48,8 @@ def _rates(header, size_bytes: int) -> str:
     pixels = header.frames * header.size[0] * header.size[1]
     indices = sum(header.clips * level.indices_per_clip for level in header.levels)
     coders = "/".join(dict.fromkeys(level.coder for level in header.levels))
-    return f"{8 * size_bytes / pixels:.4f} bpp, {32 * sum(lv.words for lv in header.levels) / indices:.3f} bits/index ({coders})"
+    bits = 32 * sum(level.words for level in header.levels) / indices
+    return f"{8 * size_bytes / pixels:.4f} bpp, {bits:.3f} bits/index ({coders})"
 
 
 def cmd_compress(args) -> None:
@@ -117,7 +118,7 @@ def cmd_info(args) -> None:
             f"level {number}   {count} indices {'x'.join(map(str, level.clip_shape))} per clip{depth}, alphabet "
             f"{level.vocab_size} ({'x'.join(map(str, level.factors))}): {32 * level.words / count:.3f} bits/index "
             f"with {level.coder}")
-        tried = ", ".join(f"{kind} {bits:.3f}" for kind, bits in sorted(level.costs.items(), key=lambda kv: KINDS.index(kv[0])))
+        tried = ", ".join(f"{kind} {level.costs[kind]:.3f}" for kind in KINDS if kind in level.costs)
         lines.append(f"          bits/index of each coder: {tried}; fixed length {math.log2(level.vocab_size):.3f}, "
                      f"empirical entropy {level.entropy_bits:.3f}")
     lines.append(f"rate      {_rates(header, len(data))}, "
@@ -172,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     coder_options(sub)
     sub.add_argument("--rate", type=int, metavar="N", help="keep the first N residual quantizer levels")
     sub.add_argument("--key-interval", type=int, default=KEY_INTERVAL, metavar="N",
-                     help=f"clips per group: a key latent frame every N, where a stream can be cut (default {KEY_INTERVAL})")
+                     help=f"clips per group: a key latent frame every N, where a stream can be cut "
+                          f"(default {KEY_INTERVAL})")
     sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
     sub.add_argument("--max-frames", type=int, help="compress only the first N frames")
 

@@ -156,6 +156,16 @@ def _keep_rate(levels: list, depths: list, rate: Optional[int]) -> list:
     return [level[:, :rate] if depth else level for level, depth in zip(levels, depths)]
 
 
+def _level_encoders(codec: CodecModel, levels: list, coder: str) -> list:
+    """One ``LevelEncoder`` per level, for the residual depth the first indices show."""
+    model, encoders = codec.model, []
+    for i, (level, has_depth) in enumerate(zip(levels, model.code_depths)):
+        depth = level.shape[1] if has_depth else 0
+        kinds = _kinds(codec, coder, i, max(depth, 1))
+        encoders.append(LevelEncoder(model.vocab_sizes[i], model.code_factors[i], depth, kinds, model.code_prior, i))
+    return encoders
+
+
 @torch.no_grad()
 def compress(codec: CodecModel, frames: Iterable[np.ndarray], fps: float, coder: str = "auto",
              rate: Optional[int] = None, key_interval: int = KEY_INTERVAL, total: Optional[int] = None,
@@ -200,10 +210,7 @@ def compress(codec: CodecModel, frames: Iterable[np.ndarray], fps: float, coder:
             levels = as_level_list(model.encode_clips(to_clips(padded, per_clip, codec.device)))
             levels = _keep_rate([t.cpu().numpy() for t in levels], depths, rate)
             spent["model"] += time.perf_counter() - start
-            if encoders is None:
-                encoders = [LevelEncoder(v, f, l.shape[1] if d else 0, _kinds(codec, coder, i, l.shape[1] if d else 1),
-                                         model.code_prior, i)
-                            for i, (v, f, d, l) in enumerate(zip(model.vocab_sizes, model.code_factors, depths, levels))]
+            encoders = encoders or _level_encoders(codec, levels, coder)
             pending.append(levels)
             pending_clips += len(padded) // per_clip
             count += len(chunk)
@@ -256,11 +263,13 @@ def check_model(header: Header, codec: CodecModel, name: str) -> None:
     for i, (level, shape, depth) in enumerate(zip(header.levels, shapes, model.code_depths)):
         expect(f"levels[{i}].vocab_size", level.vocab_size, model.vocab_sizes[i])
         expect(f"levels[{i}].factors", list(level.factors), [int(f) for f in model.code_factors[i]])
+        if depth and not 1 <= level.depth <= shape[1]:
+            raise CodecError(f"{name}: header field levels[{i}].depth = {level.depth}: expected 1 to the "
+                             f"{shape[1]} residual levels of the checkpoint's model")
         if depth:
-            if not 1 <= level.depth <= shape[1]:
-                expect(f"levels[{i}].depth", level.depth, f"1 to {shape[1]}")
             shape = shape[:1] + (level.depth,) + shape[2:]
-        expect(f"levels[{i}].depth", level.depth, level.depth if depth else 0)
+        else:
+            expect(f"levels[{i}].depth", level.depth, 0)
         expect(f"levels[{i}].clip_shape", level.clip_shape, shape)
         if level.coder in PRIOR_KINDS and level.coder not in available_kinds(model.code_prior, i, max(level.depth, 1)):
             raise CodecError(f"{name}: level {i} was coded with the code prior ({level.coder}), "

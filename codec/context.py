@@ -27,7 +27,7 @@ KINDS = ("uniform", "prior", "adaptive", "context", "context_prior")
 PRIOR_KINDS = ("prior", "context_prior")
 # Most pseudo-counts the stored prior contributes per table (row): enough to start well, few
 # enough that a group's own statistics take over.
-PRIOR_BUDGETS = {"intra": 1024.0, "flags": 256.0, "fresh": 1024.0, "moves": 16.0}
+PRIOR_BUDGETS = {"intra": 1024.0, "flags": 256.0, "fresh": 1024.0, "moves": 64.0}
 
 
 def _cap(counts: np.ndarray, budget: float) -> np.ndarray:
@@ -77,7 +77,7 @@ def code_group(op, kind: str, radices: list, shape: tuple, start: Optional[Strea
 def _code_intra(op, state: StreamCounts, digit: int, known: Optional[np.ndarray], shape: tuple) -> np.ndarray:
     """One latent frame of one digit under adaptive frequencies, updated every block."""
     counts = state.digits[digit]
-    block = max(BLOCK, counts.radix)  # large alphabets: fewer, cheaper model builds
+    block = max(BLOCK, counts.radix // 8)  # large alphabets: fewer model builds of their large tables
     size = int(np.prod(shape))
     flat = np.zeros(size, dtype=np.int32)
     for begin in range(0, size, block):
@@ -99,7 +99,8 @@ def _code_inter(op, state: StreamCounts, previous: list, current: list, known: O
         for j, counts in enumerate(state.digits):
             contexts = flag_contexts(state.last(j, shape), flags[j], chain)[phase]
             copied = None if known is None else (known[j] == previous[j])[phase]
-            flags[j][phase] = code(op, copied, len(contexts), Bernoulli(perfect=False), copy_probability(counts, contexts)) != 0
+            copy = code(op, copied, len(contexts), Bernoulli(perfect=False), copy_probability(counts, contexts))
+            flags[j][phase] = copy != 0
             new = phase & ~flags[j]
             old = previous[j][new]
             if counts.radix == 2:  # not the old value: the other one

@@ -184,7 +184,8 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
             for codec_name in codecs:
                 for crf in crfs:
                     nbytes, decoded, encode_s, decode_s = ffmpeg_roundtrip(reference, fps, codec_name, crf, workdir)
-                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s, decode_s))
+                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s,
+                                         decode_s))
     bd_rates = _bd_rates(points)
     os.makedirs(out_dir, exist_ok=True)
     _write_csv(os.path.join(out_dir, "rd.csv"), [attrs.asdict(p) for p in points])

@@ -153,7 +153,8 @@ class _Reader:
         if prior_hash is None and any(level.coder in PRIOR_KINDS for level in levels):
             self.fail("prior_hash", None, "the code prior's digest (a level is coded with the prior)")
         return Header(
-            model_type=self.text(d["model_type"], "model_type"), model_hash=self.text(d["model_hash"], "model_hash", _HASH),
+            model_type=self.text(d["model_type"], "model_type"),
+            model_hash=self.text(d["model_hash"], "model_hash", _HASH),
             prior_hash=prior_hash, frames=frames, fps=self.float(d["fps"], "fps", 0.0, MAX_FPS, low_open=True),
             size=size, padded_size=padded, frames_per_clip=per_clip, chunk_frames=chunk, clips=clips,
             key_interval=key_interval, levels=levels,

@@ -14,7 +14,8 @@ from codec.context import KINDS, PRIOR_KINDS, code_group, prior_state
 from codec.entropy import Decoding, Encoding, empirical_entropy
 from codec.header import CodecError, LevelInfo
 from models.code_prior import CodePrior
-from models.code_streams import coding_radices, frames_per_clip, join_digits, latent_frames, level_from_frames, split_digits
+from models.code_streams import (coding_radices, frames_per_clip, join_digits, latent_frames, level_from_frames,
+                                 split_digits)
 
 
 def available_kinds(prior: Optional[CodePrior], level: int, streams: int) -> list:
@@ -85,8 +86,11 @@ def decode_group(level: LevelInfo, words: np.ndarray, clips: int, prior: Optiona
     streams = max(level.depth, 1)
     shape = (clips * frames_per_clip(level.clip_shape, level.depth),) + tuple(level.clip_shape[-2:])
     op = Decoding(words)
-    frames = np.stack([join_digits(code_group(op, level.coder, radices, shape, start), radices)
-                       for start in starting_states(level.coder, prior, number, streams)])
+    try:
+        frames = np.stack([join_digits(code_group(op, level.coder, radices, shape, start), radices)
+                           for start in starting_states(level.coder, prior, number, streams)])
+    except AssertionError as err:  # constriction's refusal of words no encoder could have written
+        raise CodecError(f"{name}: level {number}, group {group}: the payload does not decode ({err})") from None
     if group_crc(frames) != level.groups[group][1]:
         raise CodecError(f"{name}: level {number}, group {group}: decoded indices fail their CRC32 "
                          f"(the header's coder or shapes were altered, or the checkpoint's prior differs)")

@@ -9,6 +9,7 @@ import json
 import struct
 import zlib
 
+import numpy as np
 import pytest
 
 from codec.bitstream import CodecError, unpack
@@ -137,3 +138,20 @@ def test_every_crafted_header_is_one_error_line_and_no_output(original, tmp_path
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert 1 <= len(err) <= 2 and "Traceback" not in "".join(err), name
         assert not out.exists()
+
+
+def test_a_crafted_payload_with_valid_crcs_is_refused_in_one_line(original):
+    checkpoint, data = original
+    codec = load_codec_model(checkpoint)
+    length = struct.unpack_from("<I", data, 5)[0]
+    start = 13 + length
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(20):
+        payload = rng.integers(0, 256, size=len(data) - start - 4, dtype=np.uint8).tobytes()
+        bad = data[:start] + payload + struct.pack("<I", zlib.crc32(payload))
+        with pytest.raises(CodecError) as err:
+            list(iter_decoded(codec, bad, "bad.vqv")[1])
+        assert len(str(err.value).splitlines()) == 1
+        refused += 1
+    assert refused == 20

@@ -1,4 +1,5 @@
-"""Several rates from one model: ``compress --rate N`` keeps the first N residual levels; ``evaluate`` draws the curve."""
+"""Several rates from one model: ``compress --rate N`` keeps the first N residual levels; ``evaluate``
+draws the model's curve."""
 import csv
 
 import numpy as np
@@ -88,3 +89,20 @@ def test_evaluate_draws_one_curve_from_a_models_rates(tmp_path, residual, capsys
         anchors = {(r["codec"], r["anchor"]) for r in csv.DictReader(fh)}
     assert {("residual", "x264"), ("residual", "x265"), ("x265", "x264")} <= anchors
     assert "BD-rate residual vs x265" in capsys.readouterr().out
+
+
+def test_a_header_claiming_more_residual_levels_than_the_model_has_is_refused(residual):
+    from codec.codec import check_model
+    from codec.bitstream import unpack
+    from tests.test_codec_header import crafted
+
+    codec = load_codec_model(residual)
+    data = compress(codec, clip(4, 16, 16), 25.0, rate=2)
+
+    def deeper(header):
+        header["levels"][0]["depth"] = 4
+        header["levels"][0]["clip_shape"][1] = 4
+
+    header, _ = unpack(crafted(data, deeper))
+    with pytest.raises(CodecError, match="depth = 4: expected 1 to the 3 residual levels"):
+        check_model(header, codec, "deep.vqv")
