@@ -34,6 +34,7 @@ def pack(header: Header, streams: list) -> bytes:
     if lengths != [[level.groups[g][0] for level in header.levels] for g in range(header.groups)]:
         raise ValueError("stream lengths disagree with the header's word counts")
     header_bytes = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
+    Header.from_json(json.loads(header_bytes), "the bitstream being written")  # never write what reading refuses
     payload = b"".join(np.asarray(s, dtype="<u4").tobytes() for group in streams for s in group)
     return b"".join([
         _PREFIX.pack(MAGIC, VERSION, len(header_bytes)), header_bytes, _CRC.pack(zlib.crc32(header_bytes)),

@@ -182,6 +182,8 @@ def compress(codec: CodecModel, frames: Iterable[np.ndarray], fps: float, coder:
         raise CodecError(f"key interval {key_interval}: expected 1 to {MAX_KEY_INTERVAL} clips")
     model = codec.model.eval()
     per_clip, factor, per_chunk = model.frames_per_clip, model.spatial_factor, codec.clips_per_chunk
+    if per_chunk > MAX_KEY_INTERVAL:
+        raise CodecError(f"sequence_length {codec.chunk_frames}: a group holds at most {MAX_KEY_INTERVAL} clips")
     key_interval = min(_round_up(key_interval, per_chunk), MAX_KEY_INTERVAL // per_chunk * per_chunk)
     depths = model.code_depths
     spent = {"model": 0.0, "entropy": 0.0}

@@ -95,7 +95,7 @@ def _code_inter(op, state: StreamCounts, previous: list, current: list, known: O
     anchor = checkerboard(*shape)
     flags = [np.zeros(shape, dtype=bool) for _ in previous]
     chain = np.ones(shape, dtype=bool)  # the earlier digits of the index all copied
-    for phase in (anchor, ~anchor):
+    for anchors, phase in ((True, anchor), (False, ~anchor)):
         for j, counts in enumerate(state.digits):
             contexts = flag_contexts(state.last(j, shape), flags[j], chain)[phase]
             copied = None if known is None else (known[j] == previous[j])[phase]
@@ -109,7 +109,7 @@ def _code_inter(op, state: StreamCounts, previous: list, current: list, known: O
                 wanted = None if known is None else known[j][new]
                 if counts.radix <= ROW_LIMIT:
                     candidates = [neighbours(previous[j], PREVIOUS_NEIGHBOURS)[:, new]]
-                    if phase is not anchor:  # the anchors around are decoded
+                    if not anchors:  # the anchors around are decoded
                         candidates.append(neighbours(current[j], CURRENT_NEIGHBOURS)[:, new])
                     rows = fresh_rows(counts, old, np.concatenate(candidates).T)
                     values = code(op, wanted, len(old), Categorical(perfect=False), rows)
