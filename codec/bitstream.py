@@ -3,90 +3,39 @@
 Layout (integers little-endian)::
 
     b"VQVC"  version:u8  header_len:u32  header (UTF-8 JSON)  header_crc32:u32
-    payload (one range-coded uint32 word stream per level, back to back)  payload_crc32:u32
+    payload: for each group, for each level, its range-coded uint32 words   payload_crc32:u32
 
-The header is JSON so ``info`` can show it with no model at hand; it says how many
-words each level's stream has, so the payload needs no framing of its own. Both CRCs
-are checked before anything is decoded: a damaged file is refused, never half-decoded.
+The header is JSON so ``info`` can show it with no model at hand; it lists every group's
+word count, so the payload needs no framing of its own, and a group is a contiguous run of
+bytes: ``cut`` keeps whole groups. Both CRCs and every header field are checked before
+anything is decoded: a damaged or crafted file is refused, never half-decoded.
 """
 import json
 import struct
 import zlib
-from typing import Optional
 
 import attrs
 import numpy as np
 
+from codec.header import CodecError, Header
+
 MAGIC = b"VQVC"
-VERSION = 1
+VERSION = 2
+MAX_HEADER_BYTES = 1 << 24
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _CRC = struct.Struct("<I")
 
-
-class CodecError(ValueError):
-    """What the codec refuses, in one line: an unreadable input, a foreign, truncated or
-    corrupted bitstream, or a checkpoint that is not the one the bitstream was coded with."""
-
-
-@attrs.frozen
-class LevelInfo:
-    """One level of code indices: its codebook, its index shape per clip, its coded stream."""
-
-    vocab_size: int
-    clip_shape: tuple  # index-tensor shape for one clip of ``frames_per_clip`` frames
-    words: int  # length of the coded stream in uint32 words
-    entropy_bits: float  # empirical entropy of the indices, bits per index (for ``info``)
-
-    @property
-    def indices_per_clip(self) -> int:
-        return int(np.prod(self.clip_shape))
-
-
-@attrs.frozen
-class Header:
-    model_type: str
-    model_hash: str  # sha256 of the model weights (see ``codec.codec.model_identity``)
-    frames: int  # frames of the original clip
-    fps: float
-    size: tuple  # (height, width) of the original frames
-    padded_size: tuple  # (height, width) the model saw: multiples of its spatial factor
-    frames_per_clip: int  # frames the model codes together
-    chunk_frames: int  # frames per model call (the config's sequence_length, in whole clips)
-    clips: int  # clips coded, the last one padded by repeating the final frame
-    levels: tuple  # LevelInfo per level, bottom level first
-    coder: dict  # entropy coder and its parameters: {"kind": "prior" | "adaptive" | "uniform", ...}
-    indices_as_list: bool  # the model's encode returns a list per level (its decode wants one)
-    checkpoint_hint: Optional[str] = None  # the checkpoint path given at compression time
-
-    @property
-    def padded_frames(self) -> int:
-        return self.clips * self.frames_per_clip
-
-    @property
-    def payload_bytes(self) -> int:
-        return 4 * sum(level.words for level in self.levels)
-
-    def to_json(self) -> dict:
-        return attrs.asdict(self, recurse=True)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Header":
-        fields = dict(data)
-        fields["levels"] = tuple(
-            LevelInfo(int(lv["vocab_size"]), tuple(lv["clip_shape"]), int(lv["words"]), float(lv["entropy_bits"]))
-            for lv in data["levels"]
-        )
-        fields["size"] = tuple(data["size"])
-        fields["padded_size"] = tuple(data["padded_size"])
-        return cls(**fields)
+__all__ = ["CodecError", "Header", "MAGIC", "VERSION", "cut", "pack", "read_header", "unpack"]
 
 
 def pack(header: Header, streams: list) -> bytes:
-    """The file bytes for ``header`` and one uint32 word array per level."""
-    if [len(s) for s in streams] != [level.words for level in header.levels]:
+    """The file bytes for ``header`` and its words: ``streams[group][level]``, uint32 arrays."""
+    lengths = [[len(s) for s in group] for group in streams]
+    if lengths != [[level.groups[g][0] for level in header.levels] for g in range(header.groups)]:
         raise ValueError("stream lengths disagree with the header's word counts")
     header_bytes = json.dumps(header.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
-    payload = b"".join(np.asarray(s, dtype="<u4").tobytes() for s in streams)
+    Header.from_json(json.loads(header_bytes), "the bitstream being written")  # never write what reading refuses
+    payload = b"".join(np.asarray(s, dtype="<u4").tobytes() for group in streams for s in group)
     return b"".join([
         _PREFIX.pack(MAGIC, VERSION, len(header_bytes)), header_bytes, _CRC.pack(zlib.crc32(header_bytes)),
         payload, _CRC.pack(zlib.crc32(payload)),
@@ -94,7 +43,7 @@ def pack(header: Header, streams: list) -> bytes:
 
 
 def read_header(data: bytes, name: str = "input") -> tuple:
-    """``(header, payload offset)``, with the header's CRC checked; ``CodecError`` otherwise."""
+    """``(header, payload offset)``, with the header's CRC and every field checked; ``CodecError`` otherwise."""
     head = bytes(data[: len(MAGIC)])
     if head != MAGIC[: len(head)] or not head:
         raise CodecError(f"{name}: not a vqvc bitstream (starts with {head!r}, expected {MAGIC!r})")
@@ -103,33 +52,68 @@ def read_header(data: bytes, name: str = "input") -> tuple:
     _, version, header_len = _PREFIX.unpack_from(data)
     if version != VERSION:
         raise CodecError(f"{name}: bitstream format version {version}; this vqvc reads version {VERSION}")
+    if header_len > MAX_HEADER_BYTES:
+        raise CodecError(f"{name}: header of {header_len} bytes, more than the {MAX_HEADER_BYTES} allowed")
     header_end = _PREFIX.size + header_len
     if len(data) < header_end + _CRC.size:
         raise CodecError(f"{name}: truncated: {len(data)} bytes, the header alone needs {header_end + _CRC.size}")
-    header_bytes = data[_PREFIX.size:header_end]
+    header_bytes = bytes(data[_PREFIX.size:header_end])
     if _CRC.unpack_from(data, header_end)[0] != zlib.crc32(header_bytes):
         raise CodecError(f"{name}: header is corrupted (CRC32 mismatch)")
     try:
-        header = Header.from_json(json.loads(header_bytes.decode("utf-8")))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CodecError(f"{name}: header is malformed ({err})") from None
-    return header, header_end + _CRC.size
+        fields = json.loads(header_bytes.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise CodecError(f"{name}: header is not valid JSON ({err})") from None
+    return Header.from_json(fields, name), header_end + _CRC.size
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number")
 
 
 def unpack(data: bytes, name: str = "input") -> tuple:
-    """``(header, streams)`` of a complete, intact file; ``CodecError`` naming what is wrong."""
+    """``(header, streams[group][level])`` of a complete, intact file; ``CodecError`` naming what is wrong."""
     header, start = read_header(data, name)
     end = start + header.payload_bytes
     expected = end + _CRC.size
     if len(data) < expected:
-        raise CodecError(f"{name}: truncated: {len(data)} bytes, expected {expected}")
+        raise CodecError(f"{name}: truncated: {len(data)} bytes, the header's groups need {expected}")
     if len(data) > expected:
         raise CodecError(f"{name}: {len(data) - expected} unexpected bytes after the payload")
     payload = data[start:end]
     if _CRC.unpack_from(data, end)[0] != zlib.crc32(payload):
         raise CodecError(f"{name}: payload is corrupted (CRC32 mismatch)")
     streams, offset = [], 0
-    for level in header.levels:
-        streams.append(np.frombuffer(payload, dtype="<u4", count=level.words, offset=offset).astype(np.uint32))
-        offset += 4 * level.words
+    for g in range(header.groups):
+        group = []
+        for level in header.levels:
+            words = level.groups[g][0]
+            group.append(np.frombuffer(payload, dtype="<u4", count=words, offset=offset).astype(np.uint32))
+            offset += 4 * words
+        streams.append(group)
     return header, streams
+
+
+def cut(data: bytes, first_frame: int, end_frame: int, name: str = "input") -> tuple:
+    """The groups holding frames ``[first_frame, end_frame)`` as a file of their own, with no re-coding.
+
+    Returns ``(bytes, first frame kept, end frame kept)``: whole groups, so the range grows to
+    their boundaries.
+    """
+    header, streams = unpack(data, name)
+    if not 0 <= first_frame < end_frame:
+        raise CodecError(f"{name}: cut from frame {first_frame} to {end_frame}: expected 0 <= from < to")
+    if first_frame >= header.frames:
+        raise CodecError(f"{name}: cut from frame {first_frame}, but the video has {header.frames} frames")
+    frames_per_group = header.key_interval * header.frames_per_clip
+    first_group, end_group = first_frame // frames_per_group, min(-(-end_frame // frames_per_group), header.groups)
+    first_kept = first_group * frames_per_group
+    end_kept = min(end_group * frames_per_group, header.frames)
+    clips = header.group_clips(first_group).start, header.group_clips(end_group - 1).stop
+    levels = []
+    for level in header.levels:
+        kept = level.groups[first_group:end_group]
+        bits = 32.0 * sum(w for w, _ in kept) / ((clips[1] - clips[0]) * level.indices_per_clip)
+        levels.append(attrs.evolve(level, groups=kept, costs={level.coder: bits}))
+    cut_header = attrs.evolve(header, frames=end_kept - first_kept, clips=clips[1] - clips[0], levels=tuple(levels))
+    return pack(cut_header, streams[first_group:end_group]), first_kept, end_kept

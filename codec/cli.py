@@ -1,4 +1,4 @@
-"""``python -m codec compress | decompress | info | evaluate | fit-prior``.
+"""``python -m codec compress | decompress | info | cut | evaluate | fit-prior``.
 
 Results go to stdout (one summary line, or the ``info``/``evaluate`` table); progress
 bars, log lines and any refusal (one ``error:`` line, exit code 1) to stderr.
@@ -13,11 +13,12 @@ from typing import Optional
 
 import torch
 
-from codec.bitstream import CodecError, read_header, unpack
-from codec.codec import compress, decode_indices, iter_decoded, load_codec_model, read_bitstream
+from codec.bitstream import CodecError, cut, read_header, unpack
+from codec.codec import KEY_INTERVAL, compress, iter_decoded, load_codec_model, read_bitstream
+from codec.context import KINDS
 from codec.evaluate import DEFAULT_CRFS, evaluate, format_table
-from codec.prior import fit_prior_into_checkpoint
-from codec.video_io import iter_frames, video_fps, write_png_frames, write_video
+from codec.prior import CLIPS_PER_SEQUENCE, CROP, SEQUENCES, fit_prior_into_checkpoint
+from codec.video_io import frame_count, iter_frames, video_fps, write_png_frames, write_video
 from core.atomic_files import atomic_write
 from core.checkpoint import CheckpointError
 from core.config_schema import ConfigError
@@ -38,17 +39,34 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+def _speed(what: str, frames: int, elapsed: float, times: dict) -> str:
+    share = 100.0 * times.get("entropy", 0.0) / max(elapsed, 1e-9)
+    return f"{what} {frames / max(elapsed, 1e-9):.1f} frames/s, entropy coding {share:.0f}% of the time"
+
+
+def _rates(header, size_bytes: int) -> str:
+    pixels = header.frames * header.size[0] * header.size[1]
+    indices = sum(header.clips * level.indices_per_clip for level in header.levels)
+    coders = "/".join(dict.fromkeys(level.coder for level in header.levels))
+    bits = 32 * sum(level.words for level in header.levels) / indices
+    return f"{8 * size_bytes / pixels:.4f} bpp, {bits:.3f} bits/index ({coders})"
+
+
 def cmd_compress(args) -> None:
     codec = load_codec_model(args.checkpoint, _device(args.device))
+    total = frame_count(args.input) or None
+    if total and args.max_frames:
+        total = min(total, args.max_frames)
+    times = {}
     start = time.perf_counter()
     frames = iter_frames(args.input, _size(args.size), args.max_frames)
-    data = compress(codec, frames, video_fps(args.input), adaptive=args.adaptive, progress=not args.quiet)
+    data = compress(codec, frames, video_fps(args.input), coder="adaptive" if args.adaptive else args.coder,
+                    rate=args.rate, key_interval=args.key_interval, total=total, progress=not args.quiet, times=times)
     elapsed = time.perf_counter() - start
     atomic_write(args.output, lambda fh: fh.write(data))
     header, _ = read_header(data)
-    pixels = header.frames * header.size[0] * header.size[1]
     _say(f"{args.output}: {header.frames} frames {header.size[1]}x{header.size[0]}, {len(data)} bytes, "
-         f"{8 * len(data) / pixels:.4f} bpp, encode {header.frames / elapsed:.1f} fps")
+         f"{_rates(header, len(data))}, {_speed('encode', header.frames, elapsed, times)}")
 
 
 def cmd_decompress(args) -> None:
@@ -61,9 +79,9 @@ def cmd_decompress(args) -> None:
         raise CodecError(f"{args.input}: pass --checkpoint (the file was coded with "
                          f"{header.checkpoint_hint or 'an unnamed checkpoint'}, weights {header.model_hash[:16]})")
     codec = load_codec_model(checkpoint, _device(args.device))
+    times = {}
     start = time.perf_counter()
-    header, indices = decode_indices(codec, data, args.input)
-    decoded = iter_decoded(codec, header, indices, progress=not args.quiet)
+    header, decoded = iter_decoded(codec, data, args.input, progress=not args.quiet, times=times)
     if args.output and args.frames:
         chunks = list(decoded)  # written twice: keep the chunks
         write_video(args.output, (f for c in chunks for f in c), header.fps)
@@ -73,51 +91,59 @@ def cmd_decompress(args) -> None:
     else:
         write_png_frames(args.frames, (f for c in decoded for f in c))
     elapsed = time.perf_counter() - start
-    pixels = header.frames * header.size[0] * header.size[1]
     target = ", ".join(p for p in (args.output, args.frames) if p)
     _say(f"{target}: {header.frames} frames {header.size[1]}x{header.size[0]} from {len(data)} bytes, "
-         f"{8 * len(data) / pixels:.4f} bpp, decode {header.frames / elapsed:.1f} fps")
+         f"{_rates(header, len(data))}, {_speed('decode', header.frames, elapsed, times)}")
 
 
 def cmd_info(args) -> None:
     data = read_bitstream(args.input)
-    header, streams = unpack(data, args.input)
+    header, _ = unpack(data, args.input)
     height, width = header.size
-    pixels = header.frames * height * width
-    coder = ", ".join(f"{k} {str(v)[:16]}" for k, v in header.coder.items() if k != "kind")
     lines = [
         f"file      {args.input}: {len(data)} bytes ({header.payload_bytes} payload, "
         f"{len(data) - header.payload_bytes} header and framing)",
         f"model     {header.model_type}, weights sha256 {header.model_hash[:16]}"
+        + (f", code prior {header.prior_hash[:16]}" if header.prior_hash else "")
         + (f", coded with {header.checkpoint_hint}" if header.checkpoint_hint else ""),
         f"video     {header.frames} frames at {header.fps:.3f} fps, {width}x{height} "
         f"(coded as {header.padded_size[1]}x{header.padded_size[0]}, {header.clips} clips of "
         f"{header.frames_per_clip} frame(s), {header.chunk_frames} frames per model call)",
-        f"coder     {header.coder['kind']}" + (f" ({coder})" if coder else ""),
+        f"groups    {header.groups} of {header.key_interval} clips (a key latent frame each; cut there)",
     ]
-    for level, info in enumerate(header.levels):
-        count = header.clips * info.indices_per_clip
-        bits = 32 * info.words / max(count, 1)
+    for number, level in enumerate(header.levels):
+        count = header.clips * level.indices_per_clip
+        depth = f", {level.depth} residual level(s)" if level.depth else ""
         lines.append(
-            f"level {level}   {count} indices {'x'.join(map(str, info.clip_shape))} per clip, codebook {info.vocab_size}: "
-            f"{bits:.3f} bits/index (log2 codebook {math.log2(info.vocab_size):.3f}, "
-            f"empirical entropy {info.entropy_bits:.3f})")
-    lines.append(f"rate      {8 * len(data) / pixels:.4f} bpp, {8 * len(data) * header.fps / max(header.frames, 1) / 1000:.1f} kbit/s")
+            f"level {number}   {count} indices {'x'.join(map(str, level.clip_shape))} per clip{depth}, alphabet "
+            f"{level.vocab_size} ({'x'.join(map(str, level.factors))}): {32 * level.words / count:.3f} bits/index "
+            f"with {level.coder}")
+        tried = ", ".join(f"{kind} {level.costs[kind]:.3f}" for kind in KINDS if kind in level.costs)
+        lines.append(f"          bits/index of each coder: {tried}; fixed length {math.log2(level.vocab_size):.3f}, "
+                     f"empirical entropy {level.entropy_bits:.3f}")
+    lines.append(f"rate      {_rates(header, len(data))}, "
+                 f"{8 * len(data) * header.fps / max(header.frames, 1) / 1000:.1f} kbit/s")
     _say("\n".join(lines))
+
+
+def cmd_cut(args) -> None:
+    data, first, end = cut(read_bitstream(args.input), args.start, args.end, args.input)
+    atomic_write(args.output, lambda fh: fh.write(data))
+    _say(f"{args.output}: frames {first} to {end} of {args.input} ({end - first} frames, {len(data)} bytes)")
 
 
 def cmd_evaluate(args) -> None:
     points, bd_rates = evaluate(args.clips, args.checkpoints, args.out, crfs=args.crf, size=_size(args.size),
-                                max_frames=args.max_frames, adaptive=args.adaptive, device=_device(args.device),
-                                progress=not args.quiet)
+                                max_frames=args.max_frames, coder="adaptive" if args.adaptive else args.coder,
+                                rates=args.rates, device=_device(args.device), progress=not args.quiet)
     _say(format_table(points, bd_rates))
     _say(f"wrote {os.path.join(args.out, 'rd.csv')}, rd.png, bd_rate.csv")
 
 
 def cmd_fit_prior(args) -> None:
-    entry = fit_prior_into_checkpoint(args.checkpoint, args.data, _device(args.device), args.max_batches,
-                                      args.clips_per_file, progress=not args.quiet)
-    _say(f"{args.checkpoint}: code prior of {entry['num_indices']} indices over {len(entry['counts'])} level(s) "
+    prior = fit_prior_into_checkpoint(args.checkpoint, args.data, _device(args.device), progress=not args.quiet,
+                                      sequences=args.sequences, clips=args.clips, crop=args.crop, size=_size(args.size))
+    _say(f"{args.checkpoint}: code prior of {prior.num_indices} indices over {len(prior.levels)} level(s) "
          f"from {args.data}")
 
 
@@ -131,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         return sub
 
+    def coder_options(sub):
+        sub.add_argument("--coder", default="auto", choices=("auto",) + KINDS,
+                         help="entropy coder; auto: the cheapest per level (never above fixed length)")
+        sub.add_argument("--adaptive", action="store_true", help="the same as --coder adaptive")
+
     def model_options(sub, required=True):
         sub.add_argument("--checkpoint", required=required, help="training checkpoint (.pth.tar)")
         sub.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -139,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("input")
     sub.add_argument("output")
     model_options(sub)
-    sub.add_argument("--adaptive", action="store_true", help="code frequencies learned per stream, not the prior")
+    coder_options(sub)
+    sub.add_argument("--rate", type=int, metavar="N", help="keep the first N residual quantizer levels")
+    sub.add_argument("--key-interval", type=int, default=KEY_INTERVAL, metavar="N",
+                     help=f"clips per group: a key latent frame every N, where a stream can be cut "
+                          f"(default {KEY_INTERVAL})")
     sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
     sub.add_argument("--max-frames", type=int, help="compress only the first N frames")
 
@@ -152,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("info", cmd_info, "show a .vqv file's header, sizes and bits per index")
     sub.add_argument("input")
 
+    sub = command("cut", cmd_cut, "keep the groups holding a range of frames, as a .vqv file of its own")
+    sub.add_argument("input")
+    sub.add_argument("output")
+    sub.add_argument("--from", dest="start", type=int, required=True, metavar="FRAME", help="first frame wanted")
+    sub.add_argument("--to", dest="end", type=int, required=True, metavar="FRAME", help="frame after the last wanted")
+
     sub = command("evaluate", cmd_evaluate, "rate-distortion of checkpoints against x264/x265")
     sub.add_argument("--clips", nargs="+", required=True, help="videos (or folders of frames)")
     sub.add_argument("--checkpoints", nargs="+", required=True, metavar="[LABEL=]CKPT",
@@ -160,14 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--crf", type=int, nargs="+", default=list(DEFAULT_CRFS), help="x264/x265 CRF values")
     sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
     sub.add_argument("--max-frames", type=int, help="use only the first N frames of each clip")
-    sub.add_argument("--adaptive", action="store_true", help="code the checkpoints' indices adaptively")
+    coder_options(sub)
+    sub.add_argument("--rates", type=int, nargs="+", metavar="N",
+                     help="residual levels kept, one rate point each (default: every rate the model has)")
     sub.add_argument("--device", default="auto")
 
-    sub = command("fit-prior", cmd_fit_prior, "measure code frequencies on data and store them in the checkpoint")
+    sub = command("fit-prior", cmd_fit_prior, "measure code statistics on video and store them in the checkpoint")
     model_options(sub)
     sub.add_argument("--data", required=True, help="folder of videos (or images), or builtin:train")
-    sub.add_argument("--max-batches", type=int, help="stop after N batches")
-    sub.add_argument("--clips-per-file", type=int, default=32, help="evenly spaced clips read from each file")
+    sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                     help="resize frames first: fit at the size you will code at (default: their own size)")
+    sub.add_argument("--crop", type=int, default=CROP, help=f"largest crop side in pixels (default {CROP})")
+    sub.add_argument("--sequences", type=int, default=SEQUENCES, help=f"runs of frames read (default {SEQUENCES})")
+    sub.add_argument("--clips", type=int, default=CLIPS_PER_SEQUENCE,
+                     help=f"clips per run (default {CLIPS_PER_SEQUENCE})")
     return parser
 
 

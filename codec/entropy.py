@@ -1,91 +1,111 @@
-"""Entropy coding of code-index streams with constriction's range coder.
+"""Entropy coding with constriction's range coder, and the probabilities of the coder's models.
 
-Two probability models, both exactly repeatable by the decoder:
+Encoding and decoding walk the same code (``codec.context``) with one of two *ops*:
+``Encoding`` codes the symbols it is given, ``Decoding`` reads them back; each returns the
+symbols, so the walk updates its models identically on both sides. The range coder is a
+queue (first in, first out): both sides run forwards.
 
-- ``StaticCoder``: one fixed distribution for every index (the code frequencies measured
-  on the training data, or uniform when a checkpoint has none);
-- ``AdaptiveCoder``: frequencies learned from the stream itself. Block ``k`` is coded
-  with the counts of blocks ``0..k-1`` plus a pseudo-count ``alpha`` per code (the
-  Krichevsky-Trofimov estimate for ``alpha = 0.5``); the decoder updates the same counts
-  after decoding each block. Costs no side information and no training data.
-
-The range coder is a queue (first in, first out), so adaptive coding runs forwards on
-both sides. Constriction gives every code at least the smallest representable
-probability, so any index stays codable whatever the model says.
+Every probability comes from counts (float64 integers, exact) through elementwise
+arithmetic only, so it is bit-identical on every machine: encoder and decoder cannot
+disagree. Constriction gives every symbol at least its smallest representable probability,
+so any index stays codable whatever a model says.
 """
-import attrs
+from typing import Optional
+
 import constriction
 import numpy as np
 
+from models.code_prior import DigitCounts
+
 # constriction's submodules live in its native extension: reach them as attributes.
+Bernoulli = constriction.stream.model.Bernoulli
 Categorical = constriction.stream.model.Categorical
+Uniform = constriction.stream.model.Uniform
 RangeEncoder = constriction.stream.queue.RangeEncoder
 RangeDecoder = constriction.stream.queue.RangeDecoder
 
-
-def empirical_entropy(symbols: np.ndarray, vocab_size: int) -> float:
-    """Bits per symbol of the stream's own histogram (the best any static model can do)."""
-    counts = np.bincount(np.asarray(symbols).reshape(-1), minlength=vocab_size)
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts[counts > 0] / total
-    return float((p * np.log2(1.0 / p)).sum())
+ALPHA = 0.5  # pseudo-count per value of every adaptive model (Krichevsky-Trofimov)
+BLOCK = 256  # symbols coded between updates of an adaptive frequency model
+PRIOR_SMOOTHING = 0.5  # pseudo-count per value added to the stored prior's frequencies
+FRESH_WEIGHT = 16.0  # weight of the frequencies against the value-to-value counts (a new value's row)
+NEIGHBOUR_WEIGHT = 2.0  # extra weight of each neighbour's value (previous frame 3x3, current frame 4)
+ROW_LIMIT = 4096  # largest digit alphabet coded with a table per symbol; larger: one table per block
 
 
-def _categorical(weights: np.ndarray) -> Categorical:
+class Encoding:
+    """Codes the symbols it is given; ``words()`` is the compressed stream."""
+
+    def __init__(self):
+        self.coder = RangeEncoder()
+
+    def __call__(self, symbols: Optional[np.ndarray], model, params: Optional[np.ndarray] = None) -> np.ndarray:
+        symbols = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
+        if symbols.size:
+            if params is None:
+                self.coder.encode(symbols, model)
+            else:
+                self.coder.encode(symbols, model, params)
+        return symbols
+
+    def words(self) -> np.ndarray:
+        return self.coder.get_compressed()
+
+
+class Decoding:
+    """Reads back what ``Encoding`` coded, ``count`` symbols at a time."""
+
+    def __init__(self, words: np.ndarray):
+        self.coder = RangeDecoder(np.asarray(words, dtype=np.uint32))
+
+    def __call__(self, count: int, model, params: Optional[np.ndarray] = None) -> np.ndarray:
+        if count == 0:
+            return np.zeros(0, dtype=np.int32)
+        if params is None:
+            return np.asarray(self.coder.decode(model, count), dtype=np.int32)
+        return np.asarray(self.coder.decode(model, params), dtype=np.int32)
+
+
+def code(op, known: Optional[np.ndarray], count: int, model, params: Optional[np.ndarray] = None) -> np.ndarray:
+    """``count`` symbols through ``op``: ``known`` ones when encoding, read ones when decoding."""
+    if isinstance(op, Encoding):
+        return op(known, model, params)
+    return op(count, model, params)
+
+
+def categorical(weights: np.ndarray):
     # perfect=False: fast construction, same rate to a fraction of a percent; both sides agree on it.
     return Categorical(np.asarray(weights, dtype=np.float64), perfect=False)
 
 
-def _as_symbols(symbols: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(symbols).reshape(-1), dtype=np.int32)
+def copy_probability(counts: DigitCounts, contexts: np.ndarray) -> np.ndarray:
+    """P(copy) per symbol from the flag counts of its context."""
+    flags = counts.flags[contexts]
+    return (flags[:, 1] + ALPHA) / (flags[:, 0] + flags[:, 1] + 2 * ALPHA)
 
 
-@attrs.frozen
-class StaticCoder:
-    """Every symbol coded with one distribution, given as non-negative weights over the codes."""
+def fresh_rows(counts: DigitCounts, previous: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Weights ``(n, radix)`` of a digit that did not copy its previous value ``previous[i]``.
 
-    weights: np.ndarray
+    The value-to-value counts of ``previous[i]``, plus the frequencies of new values, plus
+    ``NEIGHBOUR_WEIGHT`` for each neighbour's value (``candidates``: ``(n, k)``, -1 for none);
+    the previous value itself is excluded (it would have been a copy).
+    """
+    radix, count = counts.radix, len(previous)
+    base = FRESH_WEIGHT * (counts.fresh + ALPHA) / (counts.fresh.sum() + radix * ALPHA)
+    rows = np.broadcast_to(base, (count, radix)).copy()
+    if counts.moves is not None:
+        rows += counts.moves[previous]
+    valid = candidates >= 0
+    flat = (np.arange(count)[:, None] * radix + candidates)[valid]
+    rows.reshape(-1)[:] += NEIGHBOUR_WEIGHT * np.bincount(flat, minlength=count * radix)
+    rows[np.arange(count), previous] = 0.0
+    return rows
 
-    def encode(self, symbols: np.ndarray) -> np.ndarray:
-        encoder = RangeEncoder()
-        symbols = _as_symbols(symbols)
-        if symbols.size:
-            encoder.encode(symbols, _categorical(self.weights))
-        return encoder.get_compressed()
 
-    def decode(self, words: np.ndarray, count: int) -> np.ndarray:
-        if count == 0:
-            return np.zeros(0, dtype=np.int32)
-        return RangeDecoder(np.asarray(words, dtype=np.uint32)).decode(_categorical(self.weights), count)
-
-
-@attrs.frozen
-class AdaptiveCoder:
-    """Counts of the symbols already coded (plus ``alpha`` each), refreshed every ``block`` symbols."""
-
-    vocab_size: int
-    alpha: float = 0.5
-    block: int = 256
-
-    def _blocks(self, count: int):
-        counts = np.full(self.vocab_size, self.alpha, dtype=np.float64)
-        for start in range(0, count, self.block):
-            yield slice(start, min(start + self.block, count)), counts
-
-    def encode(self, symbols: np.ndarray) -> np.ndarray:
-        symbols = _as_symbols(symbols)
-        encoder = RangeEncoder()
-        for span, counts in self._blocks(symbols.size):
-            encoder.encode(symbols[span], _categorical(counts))
-            counts += np.bincount(symbols[span], minlength=self.vocab_size)
-        return encoder.get_compressed()
-
-    def decode(self, words: np.ndarray, count: int) -> np.ndarray:
-        decoder = RangeDecoder(np.asarray(words, dtype=np.uint32))
-        symbols = np.zeros(count, dtype=np.int32)
-        for span, counts in self._blocks(count):
-            symbols[span] = decoder.decode(_categorical(counts), span.stop - span.start)
-            counts += np.bincount(symbols[span], minlength=self.vocab_size)
-        return symbols
+def empirical_entropy(histogram: np.ndarray) -> float:
+    """Bits per symbol of a histogram (the best any static model can do on it)."""
+    total = histogram.sum()
+    if total == 0:
+        return 0.0
+    p = histogram[histogram > 0] / total
+    return float((p * np.log2(1.0 / p)).sum())

@@ -1,12 +1,13 @@
 """Rate-distortion of checkpoints against x264 and x265 on the same frames.
 
 Every codec sees the same frames: each clip decoded once (optionally resized and cut
-short). The checkpoints are the rate points of their curve (one curve per label); x264
-and x265 run at several CRF values through the ffmpeg binary of ``imageio-ffmpeg``,
-fed raw RGB frames and writing a raw elementary stream (no container), whose file size
-gives their rate. Quality is PSNR and SSIM of RGB frames (``metric_utils``, so training
-and evaluation agree). The Bjøntegaard delta rate compares each curve with x264 over
-the PSNR range both cover.
+short). A model with residual quantizer levels gives one rate point per number of levels
+kept (``compress(rate=N)``), so one model draws a whole curve; otherwise checkpoints that
+share a label are the rate points of one curve. x264 and x265 run at several CRF values
+through the ffmpeg binary of ``imageio-ffmpeg``, fed raw RGB frames and writing a raw
+elementary stream (no container), whose file size gives their rate. Quality is PSNR and
+SSIM of RGB frames (``metric_utils``, so training and evaluation agree). The Bjøntegaard
+delta rate compares each curve with x264 and with x265 over the PSNR range both cover.
 """
 import csv
 import io
@@ -23,7 +24,7 @@ import torch
 from einops import rearrange
 
 from codec.bitstream import CodecError
-from codec.codec import compress, decompress, load_codec_model
+from codec.codec import CodecModel, compress, decompress, load_codec_model
 from codec.video_io import ffmpeg_exe, read_frames
 from metric_utils.metric_utils import psnr, ssim
 from core.atomic_files import atomic_write
@@ -36,7 +37,7 @@ FFMPEG_CODECS = {
     "x264": ("libx264", "h264", []),
     "x265": ("libx265", "hevc", ["-x265-params", "log-level=error"]),
 }
-ANCHOR = "x264"
+ANCHORS = ("x264", "x265")
 
 
 @attrs.frozen
@@ -140,13 +141,25 @@ def _label_and_path(spec: str) -> tuple:
     return (label, path) if sep and not os.path.exists(spec) else (None, spec)
 
 
+def residual_rates(codec: CodecModel, frame_size: tuple, wanted: Optional[list] = None) -> list:
+    """The rates (residual levels kept) to measure: ``[None]`` for a model without residual levels."""
+    factor = codec.model.spatial_factor
+    padded = tuple(-(-s // factor) * factor for s in frame_size)
+    shapes = codec.latent(padded)[1]
+    depth = max((shape[1] for shape, d in zip(shapes, codec.model.code_depths) if d), default=0)
+    if not depth:
+        return [None]
+    return sorted({min(max(r, 1), depth) for r in wanted}) if wanted else list(range(1, depth + 1))
+
+
 def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, size: Optional[tuple] = None,
-             max_frames: Optional[int] = None, adaptive: bool = False, device="cpu",
+             max_frames: Optional[int] = None, coder: str = "auto", rates: Optional[list] = None, device="cpu",
              codecs=tuple(FFMPEG_CODECS), progress: bool = False) -> tuple:
     """Measure every checkpoint and x264/x265 on every clip; write ``rd.csv``, ``rd.png``, ``bd_rate.csv``.
 
     ``checkpoints`` are paths or ``LABEL=PATH``; checkpoints sharing a label form one
-    curve (default label: the model type). Returns ``(rate points, BD rates)``.
+    curve (default label: the model type), and so do a residual model's ``rates``.
+    Returns ``(rate points, BD rates)``.
     """
     models = []
     for spec in checkpoints:
@@ -159,18 +172,20 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
         name = os.path.basename(clip.rstrip(os.sep))
         logger.info("%s: %d frames %dx%d", name, len(reference), reference.shape[2], reference.shape[1])
         for label, setting, codec in models:
-            start = time.perf_counter()
-            data = compress(codec, reference, fps, adaptive=adaptive, progress=progress)
-            encode_s = time.perf_counter() - start
-            start = time.perf_counter()
-            decoded, _ = decompress(codec, data, name, progress=progress)
-            points.append(_point(name, label, setting, reference, decoded, len(data), encode_s,
-                                 time.perf_counter() - start))
+            for rate in residual_rates(codec, reference.shape[1:3], rates):
+                start = time.perf_counter()
+                data = compress(codec, reference, fps, coder=coder, rate=rate, progress=progress)
+                encode_s = time.perf_counter() - start
+                start = time.perf_counter()
+                decoded, _ = decompress(codec, data, name, progress=progress)
+                points.append(_point(name, label, setting if rate is None else f"{setting} rate={rate}", reference,
+                                     decoded, len(data), encode_s, time.perf_counter() - start))
         with tempfile.TemporaryDirectory() as workdir:
             for codec_name in codecs:
                 for crf in crfs:
                     nbytes, decoded, encode_s, decode_s = ffmpeg_roundtrip(reference, fps, codec_name, crf, workdir)
-                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s, decode_s))
+                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s,
+                                         decode_s))
     bd_rates = _bd_rates(points)
     os.makedirs(out_dir, exist_ok=True)
     _write_csv(os.path.join(out_dir, "rd.csv"), [attrs.asdict(p) for p in points])
@@ -186,11 +201,12 @@ def _bd_rates(points: list) -> list:
         for p in points:
             if p.clip == clip:
                 curves.setdefault(p.codec, []).append((p.bpp, p.psnr))
-        if ANCHOR not in curves:
-            continue
-        for codec, curve in curves.items():
-            if codec != ANCHOR:
-                results.append(BdRate(clip, codec, ANCHOR, *bd_rate(curves[ANCHOR], curve)))
+        for anchor in ANCHORS:
+            if anchor not in curves:
+                continue
+            for codec, curve in curves.items():
+                if codec not in ANCHORS[:ANCHORS.index(anchor) + 1]:  # x265 against x264, not the reverse
+                    results.append(BdRate(clip, codec, anchor, *bd_rate(curves[anchor], curve)))
     return results
 
 

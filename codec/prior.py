@@ -1,117 +1,97 @@
-"""The code-frequency prior: how often each code of each level occurs on the training data.
+"""Fitting a model's code prior on video: ``python -m codec fit-prior``, and the trainer at the end of a run.
 
-Fitted once (at the end of training, or by ``python -m codec fit-prior`` for older
-checkpoints) and stored in the checkpoint under ``code_prior`` as plain tensors, so a
-``weights_only`` load reads it::
-
-    {"counts": [LongTensor(vocab_size) per level], "source": str, "num_indices": int}
-
-The static entropy coder turns the counts into probabilities (``counts + smoothing``, so
-a code never seen in training still costs a bounded number of bits).
+The prior is measured at the scale the codec codes at: runs of consecutive frames read at
+their own resolution (or resized to ``size``, the size of use), cropped to at most ``crop``
+pixels a side at positions spread over the frame. Never at the training resolution: the
+resizing that makes training crops changes what the codes look like (a prior fitted on
+64x64 resized frames cost more than fixed-length coding on full-size video). The model
+counts its codes itself (``update_code_prior``, CompressAI's ``update()``).
 """
-import hashlib
 import logging
-from typing import Callable, Optional
+import math
+from typing import Iterator, Optional
 
-import attrs
 import numpy as np
 import torch
 from einops import rearrange
 from tqdm import tqdm
 
-from codec.bitstream import CodecError
+from codec.codec import pad_chunk
+from codec.header import CodecError
+from codec.video_io import frame_count, iter_frames
 from core.checkpoint import save_checkpoint
-from core.indices import as_level_list
 from data_utils.files import resolve_data_files
-from data_utils.loader import build_loader
+from models.code_prior import CodePrior
 from models.loaders import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CODE_PRIOR_KEY = "code_prior"
+SEQUENCES = 32  # runs of consecutive frames, spread over the files
+CLIPS_PER_SEQUENCE = 8  # clips (latent frames) per run: 7 transitions to count
+CROP = 128  # largest crop side, in pixels of the frames as coded
 
 
-@attrs.frozen
-class CodePrior:
-    counts: tuple  # int64 numpy array per level, bottom level first
-    source: str
-    num_indices: int
-
-    def weights(self, level: int, smoothing: float) -> np.ndarray:
-        return self.counts[level].astype(np.float64) + smoothing
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the counts: the bitstream records which prior coded it."""
-        sha = hashlib.sha256()
-        for level in self.counts:
-            sha.update(np.ascontiguousarray(level, dtype="<i8").tobytes())
-        return sha.hexdigest()
-
-    def to_checkpoint(self) -> dict:
-        return {"counts": [torch.from_numpy(c.astype(np.int64)) for c in self.counts],
-                "source": self.source, "num_indices": int(self.num_indices)}
-
-    @classmethod
-    def from_checkpoint(cls, entry: dict, vocab_sizes: list, name: str) -> "CodePrior":
-        """The checkpoint's ``code_prior``, checked against the model's codebooks."""
-        try:
-            counts = tuple(np.asarray(torch.as_tensor(c), dtype=np.int64).reshape(-1) for c in entry["counts"])
-            prior = cls(counts, str(entry.get("source", "")), int(entry.get("num_indices", 0)))
-        except (KeyError, TypeError, ValueError) as err:
-            raise CodecError(f"{name}: {CODE_PRIOR_KEY} is malformed ({err})") from None
-        sizes = [len(c) for c in counts]
-        if sizes != list(vocab_sizes):
-            raise CodecError(f"{name}: {CODE_PRIOR_KEY} has codebook sizes {sizes}, the model has {list(vocab_sizes)}")
-        if any((c < 0).any() for c in counts):
-            raise CodecError(f"{name}: {CODE_PRIOR_KEY} has negative counts")
-        return prior
+def _spread(index: int) -> tuple:
+    """Low-discrepancy fractions (y, x) for crop positions: the golden-ratio sequence."""
+    return (index * 0.6180339887) % 1.0, (index * 0.7548776662) % 1.0
 
 
-@torch.no_grad()
-def fit_code_prior(model, loader, device, normalize: Callable, max_batches: Optional[int] = None,
-                   source: str = "training data", progress: bool = False) -> dict:
-    """Count the codes ``model.encode`` picks over ``loader``; the checkpoint's ``code_prior`` entry.
+def _crop(frames: np.ndarray, crop: int, factor: int, index: int) -> np.ndarray:
+    height, width = frames.shape[1:3]
+    side_y, side_x = (max(factor, min(crop, s) // factor * factor) for s in (height, width))
+    if side_y > height or side_x > width:  # smaller than one latent position: pad like the codec does
+        return pad_chunk(frames, (max(side_y, height), max(side_x, width)), 1)[:, :side_y, :side_x]
+    fy, fx = _spread(index)
+    top, left = round((height - side_y) * fy), round((width - side_x) * fx)
+    return frames[:, top:top + side_y, left:left + side_x]
 
-    ``loader`` yields ``(uint8 (b, d, h, w, c), paths)``; ``normalize`` maps [0, 1] floats
-    to the model's input range.
-    """
-    was_training = model.training
-    model.eval()
-    counts = [torch.zeros(v, dtype=torch.long, device=device) for v in model.vocab_sizes]
-    try:
-        total = len(loader)
-    except TypeError:  # an endless training stream
-        total = None
-    if max_batches is not None:
-        total = max_batches if total is None else min(total, max_batches)
-    try:
-        for step, (clips, _) in enumerate(tqdm(loader, total=total, desc="fit prior", disable=not progress)):
-            if max_batches is not None and step >= max_batches:
+
+def prior_sequences(files: list, model, sequences: Optional[int] = None, clips: Optional[int] = None,
+                    crop: Optional[int] = None, size: Optional[tuple] = None) -> Iterator[torch.Tensor]:
+    """``sequences`` runs of ``clips`` clips of consecutive frames ``(T, 3, h, w)`` in [0, 1], evenly
+    spread over ``files`` (videos, images or folders of frames), each file read once, sequentially."""
+    sequences, clips, crop = sequences or SEQUENCES, clips or CLIPS_PER_SEQUENCE, crop or CROP
+    length = clips * model.frames_per_clip
+    files = list(files)
+    if len(files) > sequences:  # one run from each of ``sequences`` files spread over the list
+        files = [files[round(i * (len(files) - 1) / max(sequences - 1, 1))] for i in range(sequences)]
+    per_file = math.ceil(sequences / len(files))
+    number = 0
+    for path in files:
+        count = frame_count(path)
+        starts = sorted(set(np.linspace(0, max(count - length, 0), per_file).round().astype(int).tolist()))
+        windows, frames = {}, iter_frames(path, size)
+        for position, frame in enumerate(frames):
+            for start in starts:
+                if start <= position < start + length:
+                    windows.setdefault(start, []).append(frame)
+            if position >= starts[-1] + length - 1:
                 break
-            frames = rearrange(clips.to(device), "b d h w c -> (b d) c h w").float() / 255.0
-            for level, indices in enumerate(as_level_list(model.encode(normalize(frames)))):
-                counts[level] += torch.bincount(indices.reshape(-1).long(), minlength=len(counts[level]))
-    finally:
-        model.train(was_training)
-    num_indices = int(sum(c.sum() for c in counts))
-    if num_indices == 0:
-        raise CodecError(f"{source}: no clips to fit the code prior on")
-    logger.info("code prior: %d indices over %d level(s) from %s", num_indices, len(counts), source)
-    prior = CodePrior(tuple(c.cpu().numpy() for c in counts), source, num_indices)
-    return prior.to_checkpoint()
+        for start in starts:
+            if windows.get(start):
+                run = _crop(np.stack(windows.pop(start)), crop, model.spatial_factor, number)
+                number += 1
+                yield rearrange(torch.from_numpy(run), "t h w c -> t c h w").float() / 255.0
 
 
-def fit_prior_into_checkpoint(checkpoint: str, data: str, device="cpu", max_batches: Optional[int] = None,
-                              clips_per_file: int = 32, progress: bool = False) -> dict:
-    """Fit the prior of ``checkpoint``'s model on ``data`` (a folder of clips or ``builtin:train``)
-    and rewrite the checkpoint with it, atomically. Returns the ``code_prior`` entry."""
+def fit_prior(model, files: list, source: str, progress: bool = False, **options) -> CodePrior:
+    """Refit ``model``'s code prior on ``files`` (see ``prior_sequences`` for ``options``)."""
+    runs = tqdm(prior_sequences(files, model, **options), desc="fit prior", unit="run", disable=not progress)
+    try:
+        prior = model.update_code_prior(runs, source=source)
+    except ValueError as err:
+        raise CodecError(str(err)) from None
+    logger.info("code prior: %d indices over %d level(s) from %s", prior.num_indices, len(prior.levels), source)
+    return prior
+
+
+def fit_prior_into_checkpoint(checkpoint: str, data: str, device="cpu", progress: bool = False,
+                              **options) -> CodePrior:
+    """Fit the prior of ``checkpoint``'s model on ``data`` (a folder of videos or images, or
+    ``builtin:train``) and rewrite the checkpoint with it, atomically."""
     model, config, ckpt = model_from_checkpoint(checkpoint, device)
     files = resolve_data_files(data, config.use_images, "--data")
-    loader = build_loader(files, config.data_args, config.use_images, validation=True,
-                          clips_per_file=clips_per_file, folder=data)
-    entry = fit_code_prior(model, loader, device, lambda x: (x - 0.5) / 0.5, max_batches, source=data,
-                           progress=progress)
-    ckpt[CODE_PRIOR_KEY] = entry
+    prior = fit_prior(model, files, source=data, progress=progress, **options)
+    ckpt["code_prior"] = model.code_prior_state()
     save_checkpoint(ckpt, checkpoint)
-    return entry
+    return prior

@@ -80,6 +80,19 @@ def iter_frames(path: str, size: Optional[tuple] = None, max_frames: Optional[in
     return itertools.islice(frames, max_frames)
 
 
+def frame_count(path: str) -> int:
+    """Frames of a video file as its container states them (0 if unknown), 1 for an image, or the images of a folder."""
+    if os.path.isdir(path):
+        return len(list_images(path))
+    if _is_image(path):
+        return 1
+    cap = cv2.VideoCapture(path)
+    try:
+        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+    finally:
+        cap.release()
+
+
 def video_fps(path: str) -> float:
     """Frame rate of a video file; ``DEFAULT_FPS`` for images or when the container has none."""
     if os.path.isdir(path) or _is_image(path):

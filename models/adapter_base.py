@@ -5,14 +5,16 @@ overrides ``state_dict``/``load_state_dict`` prefixes away, so its keys equal th
 inner model's keys and upstream checkpoints load unchanged.
 """
 import abc
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Iterable, NamedTuple, Optional
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from core.checkpoint import CheckpointError
 from core.indices import Indices, as_level_list
-from core.pixels import to_model_range
+from core.pixels import to_model_range, to_pixel_range
+from models.code_prior import CodePrior, CodePriorCounter
 
 
 class VQOutput(NamedTuple):
@@ -37,6 +39,9 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         self.args = args
         self.config = config
+        # statistics of the codes for the codec's entropy coder; a plain attribute, so the
+        # state-dict keys stay the inner model's (the checkpoint keeps it under ``code_prior``)
+        self.code_prior: Optional[CodePrior] = None
 
     # -- the contract -------------------------------------------------------
     @abc.abstractmethod
@@ -120,6 +125,56 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
             indices = self.encode(torch.zeros(frame_shape, device=self.last_layer.device))
             self.train(was_training)
         return [tuple(t.shape) for t in as_level_list(indices)]
+
+    # -- the codec's face (as CompressAI's models): clips in [0, 1], indices, the code prior --
+    @property
+    def code_depths(self) -> list:
+        """Per level, the residual quantizers whose indices form the axis right after the batch
+        axis, ``(b, depth, h, w)``; 0 for a level without that axis. ``decode`` accepts fewer."""
+        return [quantizer.residual_depth for quantizer in self.quantizers]
+
+    def encode_clips(self, clips: torch.Tensor) -> Indices:
+        """Code indices of clips ``(b, d, C, H, W)`` in [0, 1]; this model's normalisation and clip fold."""
+        return self.encode(to_model_range(rearrange(clips, "b d c h w -> (b d) c h w")))
+
+    def decode_clips(self, indices: Indices, clips: int) -> torch.Tensor:
+        """Clips ``(clips, d, C, H, W)`` in [0, 1] from the indices ``encode_clips`` gave."""
+        frames = to_pixel_range(self.decode(indices).float()).clamp(0.0, 1.0)
+        return rearrange(frames, "(b d) c h w -> b d c h w", b=clips)
+
+    def whole_clips(self, frames: torch.Tensor) -> torch.Tensor:
+        """Consecutive frames ``(T, C, H, W)`` as clips ``(n, frames_per_clip, C, H, W)``, the last
+        clip filled by repeating the final frame."""
+        extra = -len(frames) % self.frames_per_clip
+        frames = torch.cat([frames, frames[-1:].expand(extra, *frames.shape[1:])]) if extra else frames
+        return rearrange(frames, "(n d) c h w -> n d c h w", d=self.frames_per_clip)
+
+    @torch.no_grad()
+    def update_code_prior(self, sequences: Iterable[torch.Tensor], source: str = "") -> CodePrior:
+        """Refit the code prior (CompressAI's ``update()``) on runs of consecutive frames
+        ``(T, C, H, W)`` in [0, 1]; keeps it in ``code_prior`` and returns it."""
+        counter = CodePriorCounter(self.code_factors, self.code_depths)
+        was_training = self.training
+        self.eval()
+        try:
+            for frames in sequences:
+                clips = self.whole_clips(frames.to(self.last_layer.device))
+                levels = as_level_list(self.encode_clips(clips))
+                counter.observe([t.cpu().numpy() for t in levels], len(clips))
+        finally:
+            self.train(was_training)
+        self.code_prior = counter.prior(source or "the given clips")
+        return self.code_prior
+
+    def code_prior_state(self) -> Optional[dict]:
+        """The code prior as the checkpoint's ``code_prior`` entry (None when never fitted)."""
+        return None if self.code_prior is None else self.code_prior.to_state()
+
+    def load_code_prior(self, entry: Optional[dict], name: str = "checkpoint") -> None:
+        """Adopt a checkpoint's ``code_prior`` entry (None: no prior); ``CheckpointError`` if it does not fit."""
+        if entry is not None and not isinstance(entry, dict):
+            raise CheckpointError(f"{name}: code_prior is malformed (a {type(entry).__name__})")
+        self.code_prior = None if entry is None else CodePrior.from_state(entry, self.code_factors, name)
 
     # -- keys equal the inner model's keys ------------------------------------
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

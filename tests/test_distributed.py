@@ -29,10 +29,10 @@ SIZE = 32
 # Restarts off: their replacement vectors are drawn from a batch, which differs between
 # one rank's half and the full batch, so only the EMA path can match the single process.
 EQUAL_RUN = {"model_args": {"dead_code_threshold": 0.0}}
-# Codes initialised from rank 0's batch, then restarted every step (a threshold above
-# what any code gathers): the broadcasts that keep the ranks' codebooks identical.
+# Codes initialised from rank 0's batch, many more than a batch uses, so the unused ones are
+# restarted: the broadcasts that keep the ranks' codebooks identical.
 RESTART_THRESHOLD = 64.0
-RESTART_RUN = {"model_args": {"dead_code_threshold": RESTART_THRESHOLD}}
+RESTART_RUN = {"model_args": {"dead_code_threshold": RESTART_THRESHOLD, "vocab_size": 512}}
 
 
 class FixedBatches:

@@ -12,11 +12,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from core.checkpoint import list_checkpoints, load_checkpoint
 from core.config import TrainArgs
+from metric_utils.metric_utils import psnr
+from models.adapter_base import VQOutput
 from models.builders import config_from_dict
 from models.loaders import model_from_checkpoint
 from tests.helpers import tiny_config
 from train.optim import lr_factor
 from train.train_custom_videos import build_trainer
+from train.validation import evaluate
 from train.weights_ema import WeightsEMA
 
 QUIET = {"validation_interval": 1000, "log_interval": 1, "wandb_log_interval": 1}
@@ -159,3 +162,40 @@ def test_precision_auto_is_fp32_on_the_cpu(tmp_path):
     trainer = make_trainer(tmp_path, train_args={"num_steps": 1, "precision": "auto"})
     assert trainer.precision == "fp32" and not trainer.scaler.is_enabled()
     assert attrs.fields(TrainArgs).precision.default == "auto"
+
+
+# -- honest numbers ------------------------------------------------------------------------------
+
+class Overshooting(torch.nn.Module):
+    """A 'model' whose reconstruction overshoots [-1, 1] and errs more on some frames than others."""
+
+    def forward(self, x):
+        errors = torch.linspace(0.05, 0.6, x.shape[0]).view(-1, 1, 1, 1)
+        recon = x * 1.8 + errors
+        return VQOutput(torch.zeros(()), recon, torch.ones(()), None)
+
+
+def test_validation_psnr_is_the_mean_per_frame_psnr_of_clamped_frames():
+    torch.manual_seed(0)
+    batches = [torch.rand(4, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1]  # a short last batch
+    model = Overshooting()
+    result = evaluate(model, [(b, None) for b in batches], lambda b: (b, 1, b.shape[0]), None, "fp32", "cpu")
+    frames = torch.cat(batches)
+    recon = torch.cat([model(b).recon for b in batches])
+    expected = psnr(((recon + 1) / 2).clamp(0, 1), (frames + 1) / 2)
+    assert result["val/stats/psnr"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_with_a_gan_under_fp16_the_scaler_updates_once_per_step(tmp_path, monkeypatch):
+    gan = {"use_gan": True, "disc_start": 0, "disc_interval": 1, "use_perceptual": False, "disc_layers": 2,
+           "disc_ndf": 8, "precision": "fp16", "num_steps": 3}
+    trainer = make_trainer(tmp_path, train_args=gan)
+    if not trainer.scaler.is_enabled():
+        pytest.skip("no fp16 GradScaler on this device")
+    calls = []
+    original = trainer.scaler.update
+    monkeypatch.setattr(trainer.scaler, "update", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    frames = trainer._prepare(next(iter(trainer.training_loader))[0])[0]
+    for step in range(3):
+        trainer.train_step(frames, step)
+    assert len(calls) == 3

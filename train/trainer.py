@@ -20,11 +20,11 @@ import attrs
 import torch
 from tqdm import tqdm
 
-from codec.prior import fit_code_prior
+from codec.prior import fit_prior
 from core.checkpoint import capture_rng_state, restore_rng_state
 from core.config import Config
 from core.distributed import all_reduce_mean_
-from core.pixels import to_model_range, to_pixel_range
+from core.pixels import to_pixel_range
 from core.runtime import autocast, format_duration, resolve_precision
 from metric_utils.metric_utils import psnr_from_mse
 from models.loaders import check_compatible
@@ -375,11 +375,8 @@ class TrainVqVae:
         return last is not None and last.endswith(f"{step:08d}.pth.tar") and self.code_prior is None
 
     def _fit_prior(self) -> None:
-        """Code frequencies over training clips, stored for the codec's entropy coder."""
+        """Code statistics over the training videos at their own scale, for the codec's entropy coder."""
         if not self.is_main:
             return
-        position = self.training_loader.samples_seen
-        self.code_prior = fit_code_prior(self.inference_model, self.training_loader, self.device, to_model_range,
-                                         max_batches=32)
-        self.training_loader.seek(position)  # the prior pass is not part of the training stream
-        self.logger.info("code prior measured over %s indices", self.code_prior.get("num_indices"))
+        fit_prior(self.inference_model, self.training_loader.dataset.files, source="training data")
+        self.code_prior = self.inference_model.code_prior_state()

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.runtime import autocast
-from metric_utils.metric_utils import psnr_from_mse
+from core.pixels import to_pixel_range
+from metric_utils.metric_utils import psnr
 
 
 @torch.no_grad()
@@ -19,7 +20,7 @@ def evaluate(model, loader, prepare, metrics, precision: str, device, max_images
     model.eval()
     if metrics is not None:
         metrics.reset()
-    sums, count, images_seen = {}, 0, 0
+    sums, images_seen = {}, 0
     batches = loader
     if sys.stderr.isatty() if progress == "auto" else progress:
         batches = tqdm(batches, desc="validate", unit="batch", leave=False, dynamic_ncols=True)
@@ -29,21 +30,22 @@ def evaluate(model, loader, prepare, metrics, precision: str, device, max_images
             out = model(images)
         recon = out.recon.float()
         recon_error = F.mse_loss(recon, images)
+        # PSNR as the eye sees it: of each frame, clamped to [0, 1] (8-bit video cannot hold more)
+        frames = [to_pixel_range(t).clamp(0, 1) for t in (recon, images)]
         values = {"loss": (recon_error + out.vq_loss.float()).item(), "recon": recon_error.item(),
-                  "psnr": psnr_from_mse(recon_error.item() / 4)}
+                  "psnr": psnr(*frames)}
         if metrics is not None:
             extra = metrics.compute_all(images, recon, recon_error, out.perplexity, out.indices, b, d,
                                              compute_fid_lpips=True)
             values.update({k: v for k, v in extra.items() if k != "psnr" and v is not None})
             if use_images:  # a "sequence" of independent images has no motion
                 values.pop("temporal", None)
-        for key, value in values.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-        count += 1
+        for key, value in values.items():  # weighted by frames: a short last batch counts for its frames
+            sums[key] = sums.get(key, 0.0) + float(value) * images.shape[0]
         images_seen += images.shape[0]
         if images_seen >= max_images:
             break
-    mean = {k: v / max(count, 1) for k, v in sums.items()}
+    mean = {k: v / max(images_seen, 1) for k, v in sums.items()}
     result = {
         "val/loss/total": mean.get("loss"),
         "val/loss/recon": mean.get("recon"),

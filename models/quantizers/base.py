@@ -34,6 +34,8 @@ class Quantizer(nn.Module):
     #: buffers that only count (usage): a state dict with or without them loads (missing ones start afresh)
     statistics: ClassVar[tuple] = ()
     vocab_size: int
+    #: residual levels on the axis after the batch axis that decoding may drop (a lower rate); 0: none
+    residual_depth: int = 0
 
     @property
     def code_factors(self) -> list:

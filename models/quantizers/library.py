@@ -125,6 +125,7 @@ class ResidualVQ(Quantizer):
                  l2_normalize: bool = False, codebook_dim=None, rotation_trick: bool = False):
         super().__init__()
         self.vocab_size, self.dim, self.index_depth = vocab_size, dim, num_quantizers
+        self.residual_depth = num_quantizers
         self.options = dict(num_quantizers=num_quantizers, quantize_dropout=quantize_dropout, decay=decay,
                             kmeans_init=kmeans_init, l2_normalize=l2_normalize, codebook_dim=codebook_dim,
                             rotation_trick=rotation_trick, commitment_cost=commitment_cost)
