@@ -304,17 +304,22 @@ class TrainVqVae:
     def _validate(self, step: int) -> None:
         if not self.is_main:
             return
-        metrics = self.evaluate(self.args.val_max_images)
+        shown = []  # the first validation clips and their reconstructions, for the picture
+        metrics = self.evaluate(self.args.val_max_images, keep=shown)
         self.model.train()
         self.log_mgr.log_metrics(step, metrics)
+        if shown:
+            frames, recon, d = torch.cat([k[0] for k in shown]), torch.cat([k[1] for k in shown]), shown[0][2]
+            self.log_mgr.log_images(step, frames, recon, len(frames) // d, d, to_pixel_range, tag="val")
         shown = " | ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items())
         self.logger.info("validation at step %d | %s", step, shown)
         self.files.save_best(metrics, step, lambda: self.training_state(step))
 
-    def evaluate(self, max_images: int = 10000) -> dict:
-        """One pass over the validation clips; the design document's ``val/...`` keys."""
+    def evaluate(self, max_images: int = 10000, keep: Optional[list] = None) -> dict:
+        """One pass over the validation clips; the design document's ``val/...`` keys (``keep``: see
+        ``train.validation.evaluate``)."""
         return evaluate(self.model, self.validation_loader, self._prepare, self.metrics, self.args, self.device,
-                        max_images, use_images=self.config.use_images)
+                        max_images, use_images=self.config.use_images, keep=keep)
 
     def save(self, step: int) -> Optional[str]:
         """Write the step checkpoint (rank 0 only)."""

@@ -1,5 +1,6 @@
 """One validation pass: reconstruction loss, PSNR, and the ``Metrics`` of the whole pass."""
 import sys
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,13 @@ from metric_utils.metric_utils import psnr_from_mse
 
 
 @torch.no_grad()
-def evaluate(model, loader, prepare, metrics, args, device, max_images: int = 10000, use_images: bool = False) -> dict:
-    """One pass over the validation clips; the design document's ``val/...`` keys."""
+def evaluate(model, loader, prepare, metrics, args, device, max_images: int = 10000, use_images: bool = False,
+             keep: Optional[list] = None, keep_clips: int = 4) -> dict:
+    """One pass over the validation clips; the design document's ``val/...`` keys.
+
+    ``keep``, a list, receives ``(frames, reconstructions, d)`` of the first batches (on the
+    CPU) until it holds ``keep_clips`` clips: what the reconstruction grid shows.
+    """
     model.eval()
     if metrics is not None:
         metrics.reset()
@@ -25,6 +31,8 @@ def evaluate(model, loader, prepare, metrics, args, device, max_images: int = 10
         with autocast(args.precision, device):
             out = model(images)
         recon = out.recon.float()
+        if keep is not None and sum(len(kept) // d for kept, _, _ in keep) < keep_clips:
+            keep.append((images.detach().cpu(), recon.detach().cpu(), d))
         recon_error = F.mse_loss(recon, images)
         values = {"loss": (recon_error + out.vq_loss.float()).item(), "recon": recon_error.item(),
                   "psnr": psnr_from_mse(recon_error.item() / 4)}
