@@ -8,6 +8,8 @@ import os
 
 from torch import nn
 
+TENSOR_RECORD_BYTES = 288  # what torch.save adds per tensor (zip headers, 64-byte alignment), measured
+
 
 def _count(tensors) -> int:
     return sum(t.numel() for t in tensors)
@@ -52,17 +54,18 @@ def rate_summary(model, input_shape: tuple) -> dict:
 
 def checkpoint_bytes(model: nn.Module, companions=()) -> dict:
     """Estimated file sizes: ``weights`` (a ``best_*`` file: the model's state dict) and
-    ``resumable`` (a step checkpoint: also Adam's two moments of every trained parameter, and the
-    state of ``companions`` trained beside the model, e.g. the discriminator)."""
+    ``resumable`` (a step checkpoint: also Adam's state of every trained parameter, and the state
+    of ``companions`` trained beside the model, e.g. the discriminator)."""
     companions = [m for m in companions if m is not None]
 
-    def tensor_bytes(tensors) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def stored(tensors) -> int:  # torch.save keeps each tensor as its own zip record
+        return sum(t.numel() * t.element_size() + TENSOR_RECORD_BYTES for t in tensors)
 
-    weights = tensor_bytes(model.state_dict().values())
+    weights = stored(model.state_dict().values())
     trained = [p for m in (model, *companions) for p in m.parameters() if p.requires_grad]
-    extra = sum(tensor_bytes(m.state_dict().values()) for m in companions)
-    return {"weights": weights, "resumable": weights + extra + 2 * tensor_bytes(trained)}
+    adam = 2 * stored(trained) + TENSOR_RECORD_BYTES * len(trained)  # exp_avg, exp_avg_sq and a step count
+    extra = sum(stored(m.state_dict().values()) for m in companions)
+    return {"weights": weights, "resumable": weights + extra + adam}
 
 
 def analyze_model_architecture(model, input_shape: tuple, architecture_file: str, logger: logging.Logger,

@@ -8,6 +8,7 @@ import torch
 from tests.helpers import tiny_config
 from core.checkpoint import list_checkpoints, load_checkpoint
 from models.builders import config_from_dict
+from models.architecture import checkpoint_bytes
 from models.loaders import model_from_checkpoint
 from train.train_custom_videos import build_trainer
 from train.trainer import TrainingDiverged
@@ -161,6 +162,9 @@ def test_best_files_hold_weights_and_config_and_only_step_checkpoints_can_resume
     assert {"steps", "state_dict", "config", "model_type"} <= set(best)
     assert os.path.getsize(os.path.join(folder, "best_loss.pth.tar")) < 0.6 * os.path.getsize(
         os.path.join(folder, "checkpoint_step00000004.pth.tar"))
+    estimate = checkpoint_bytes(trainer.model, [trainer.loss_calculator.discriminator])  # the start-up line's
+    for kind, name in (("weights", "best_loss.pth.tar"), ("resumable", "checkpoint_step00000004.pth.tar")):
+        assert abs(os.path.getsize(os.path.join(folder, name)) - estimate[kind]) < 0.1 * estimate[kind] + 2**15
     model, _config, _ckpt = model_from_checkpoint(os.path.join(folder, "best_loss.pth.tar"))  # inference
     assert all(torch.equal(best["state_dict"][k], v) for k, v in model.state_dict().items())
     tuned = make_trainer(tmp_path, name="tuned", train_args={"init_from": os.path.join(folder, "best_loss.pth.tar")})
