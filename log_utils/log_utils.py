@@ -10,6 +10,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -48,6 +49,14 @@ class ConsoleHandler(logging.StreamHandler):
         super().__init__()
         self.setLevel(level)
         self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    @property
+    def stream(self):
+        return sys.stderr  # looked up at each line, so a redirected stderr is followed (as logging.lastResort does)
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

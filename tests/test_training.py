@@ -34,6 +34,8 @@ def test_twenty_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     val = [m for m in read_metrics(trainer.files.run_dir) if "val/stats/psnr" in m]
     assert len(val) == 3  # steps 0, 10, 20
+    pictures = os.listdir(os.path.join(trainer.files.run_dir, "images"))  # a grid at every validation
+    assert {"val_step0000000.png", "val_step0000010.png", "val_step0000020.png"} <= set(pictures)
     assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
     names = os.listdir(os.path.join(trainer.files.run_dir, "checkpoints"))
     assert "checkpoint_step00000020.pth.tar" in names and "best_psnr.pth.tar" in names
