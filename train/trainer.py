@@ -304,12 +304,12 @@ class TrainVqVae:
     def _validate(self, step: int) -> None:
         if not self.is_main:
             return
-        shown = []  # the first validation clips and their reconstructions, for the picture
-        metrics = self.evaluate(self.args.val_max_images, keep=shown)
+        kept = []  # the first validation clips and their reconstructions, for the picture
+        metrics = self.evaluate(self.args.val_max_images, keep=kept)
         self.model.train()
         self.log_mgr.log_metrics(step, metrics)
-        if shown:
-            frames, recon, d = torch.cat([k[0] for k in shown]), torch.cat([k[1] for k in shown]), shown[0][2]
+        if kept:
+            frames, recon, d = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept]), kept[0][2]
             self.log_mgr.log_images(step, frames, recon, len(frames) // d, d, to_pixel_range, tag="val")
         shown = " | ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items())
         self.logger.info("validation at step %d | %s", step, shown)
