@@ -6,9 +6,11 @@ CONFIG ?= param.json
 
 .PHONY: train test venv clean
 
-$(VENV)/.installed: requirements.txt
+# The dependencies, then the project itself, editable: .venv/bin/vqvc works from any folder.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed

@@ -2,6 +2,7 @@
 
     python main.py                                                 a menu asks what to run
     python main.py --mode single --config param.json --device cpu  one training, in this process
+                   [--set train_args.lr=1e-4 ...]                 (config keys overridden)
     python main.py --mode multi --dir multitask [--dry-run]        every task JSON of the folder
 
 Multitask mode reads the folder's config.json (GPUs, tasks per GPU, CPU concurrency,
@@ -16,9 +17,11 @@ import os
 import sys
 
 from core.config_schema import ConfigError
+from log_utils.log_utils import setup_console
 from multitask.devices import visible_gpus
 from multitask.plan import make_plan, run_plan
 from multitask.summary import format_table
+from train.train_custom_videos import add_override_option
 from train.train_custom_videos import main as train_main
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -36,10 +39,12 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def ask(question: str, choices: dict, default: str) -> str:
+def ask(question: str, choices: dict, default: str, typed=None) -> str:
     """Ask until the answer is a key of ``choices`` or one of its labels; Enter takes ``default``.
 
-    End of input raises ``EOFError``, which leaves the launcher cleanly.
+    ``typed``, if given, is ``(accept, what)``: an answer for which ``accept(answer)`` holds
+    (e.g. ``os.path.isfile``) is returned as typed. End of input raises ``EOFError``, which
+    leaves the launcher cleanly.
     """
     for key, label in choices.items():
         say(f"  {key}) {label}")
@@ -50,13 +55,17 @@ def ask(question: str, choices: dict, default: str) -> str:
         for key, label in choices.items():
             if answer.lower() in (key.lower(), str(label).lower()):
                 return key
-        say(f"'{answer}' is not a choice; choose one of: {', '.join(choices)}")
+        if typed is not None and typed[0](answer):
+            return answer
+        alternative = f", or type the path of {typed[1]}" if typed is not None else ""
+        say(f"'{answer}' is not a choice; choose one of: {', '.join(choices)}{alternative}")
 
 
-def pick(question: str, options: list) -> str:
-    """One of ``options`` by number (or by name); the first is the default."""
+def pick(question: str, options: list, typed=None) -> str:
+    """One of ``options`` by number (or by name), or a path ``typed`` accepts; the first is the default."""
     numbered = {str(i): option for i, option in enumerate(options, 1)}
-    return numbered[ask(question, numbered, "1")]
+    answer = ask(question, numbered, "1", typed)
+    return numbered.get(answer, answer)
 
 
 def config_files() -> list:
@@ -66,16 +75,28 @@ def config_files() -> list:
     return [os.path.relpath(path) for path in found]
 
 
+def task_folders() -> list:
+    """``multitask/`` first, then other folders here that hold a multitask ``config.json``."""
+    found = [os.path.relpath(DEFAULT_TASK_DIR)]
+    for path in sorted(glob.glob(os.path.join("*", "config.json"))):
+        folder = os.path.dirname(path)
+        if os.path.abspath(folder) != os.path.abspath(DEFAULT_TASK_DIR) and glob.glob(os.path.join(folder, "*.json")):
+            found.append(folder)
+    return found
+
+
 def device_choices() -> list:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(len(visible_gpus()))]
 
 
-def train_single(config_path: str, device) -> int:
+def train_single(config_path: str, device, overrides=()) -> int:
     """Train one config in this process, exactly as ``train/train_custom_videos.py`` does; its exit code.
 
-    ``device`` None keeps the config's ``train_args.device``. The trainer saves a checkpoint on Ctrl-C.
+    ``device`` None keeps the config's ``train_args.device``; ``overrides`` are ``--set`` items.
+    The trainer saves a checkpoint on Ctrl-C.
     """
-    return train_main(["--config", config_path] + (["--device", device] if device else []))
+    argv = ["--config", config_path] + (["--device", device] if device else [])
+    return train_main(argv + (["--set", *overrides] if overrides else []))
 
 
 def run_multi(folder: str, dry_run: bool = False, confirm: bool = False) -> int:
@@ -108,19 +129,20 @@ def menu() -> int:
     if mode == "q":
         return 0
     if mode == "2":
-        return run_multi(os.path.relpath(DEFAULT_TASK_DIR), confirm=True)
+        folder = pick("Task folder (number or path)", task_folders(), (os.path.isdir, "a folder of task JSONs"))
+        return run_multi(folder, confirm=True)
     configs = config_files()
     if not configs:
         log.error("no config JSON in %s or %s", ROOT, os.path.join(ROOT, "configs"))
         return EXIT_BAD_CONFIG
-    config_path = pick("Config", configs)
+    config_path = pick("Config (number or path)", configs, (os.path.isfile, "a config file"))
     device = pick("Device", device_choices())
     return train_single(config_path, device)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, prog="main.py") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="main.py",
+        prog=prog,
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -128,22 +150,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=["single", "multi"], help="skip the menu: train one config, or a task folder")
     parser.add_argument("--config", help="single: the config JSON (default: param.json)")
     parser.add_argument("--device", help="single: auto, cpu or cuda:N (default: train_args.device of the config)")
+    add_override_option(parser)
     parser.add_argument("--dir", help="multi: folder of task JSONs and config.json (default: multitask/)")
     parser.add_argument("--dry-run", action="store_true", help="multi: show the tasks and GPU plan, start nothing")
     args = parser.parse_args(argv)
-    if args.mode != "single" and (args.config or args.device):
-        parser.error("--config and --device go with --mode single")
+    if args.mode != "single" and (args.config or args.device or args.overrides):
+        parser.error("--config, --device and --set go with --mode single")
     if args.mode != "multi" and (args.dir or args.dry_run):
         parser.error("--dir and --dry-run go with --mode multi")
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+def main(argv=None, prog="main.py") -> int:
+    args = parse_args(argv, prog)
+    setup_console()  # the one console handler: a run started here prints what the script prints
     try:
         if args.mode == "single":
-            return train_single(args.config or os.path.relpath(DEFAULT_CONFIG), args.device)
+            return train_single(args.config or os.path.relpath(DEFAULT_CONFIG), args.device, args.overrides)
         if args.mode == "multi":
             return run_multi(args.dir or os.path.relpath(DEFAULT_TASK_DIR), dry_run=args.dry_run)
         return menu()

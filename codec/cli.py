@@ -227,7 +227,9 @@ class _Formatter(logging.Formatter):
 def main(argv: Optional[list] = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # the codec's own notes on stderr; the models' construction notes (quantizer options, ...) are not news here
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("codec").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

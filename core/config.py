@@ -9,10 +9,11 @@ family's own ``args_class``; the family is found by a lookup the caller passes i
 import copy
 import json
 import os
-from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
+from typing import Any, Callable, ClassVar, Iterable, Literal, Optional, Protocol, Union
 
 import attrs
 
+from core.atomic_files import atomic_write
 from core.config_schema import (
     ConfigError,
     Invalid,
@@ -185,6 +186,19 @@ class Config:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self._raw))
 
+    def resolved(self) -> dict:
+        """Every key with the value in force (defaults filled in, overrides applied): a config
+        file that rebuilds exactly this run, its run name included."""
+        data = attrs.asdict(self, filter=lambda attribute, _value: not attribute.name.startswith("_"))
+        data["train_args"]["run_name"] = self.run_name
+        return data
+
+    def save_resolved(self, path: str) -> str:
+        """Write ``resolved()`` to ``path`` as JSON, atomically; returns ``path``."""
+        text = json.dumps(self.resolved(), indent=2) + "\n"
+        atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+        return path
+
 
 class ModelFamily(Protocol):
     """What config parsing needs of a model family: its ``model_args`` class, its defaults for
@@ -236,8 +250,38 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def read_config(path: str, family_of: FamilyLookup) -> Config:
-    """Read and validate the JSON file at ``path``."""
+def parse_overrides(items: Iterable[str]) -> dict:
+    """``["train_args.lr=1e-4", "data_args.resolution=[32, 32]"]`` as nested config data.
+
+    A value is read as JSON (numbers, true/false, null, lists, objects); anything that is not
+    JSON is a bare string (``train_args.device=cpu``). The schema checks the result like any config.
+    """
+    out: dict = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        keys = key.strip().split(".")
+        if not sep or not all(keys):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train_args.lr=1e-4")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        node = out
+        for depth, name in enumerate(keys[:-1]):
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is already set to a value")
+        node[keys[-1]] = value
+    return out
+
+
+def apply_overrides(data: dict, items: Iterable[str]) -> dict:
+    """A copy of config data ``data`` with ``--set`` items (``KEY=VALUE``) applied."""
+    return deep_merge(data, parse_overrides(items)) if isinstance(data, dict) else data
+
+
+def read_config(path: str, family_of: FamilyLookup, overrides: Iterable[str] = ()) -> Config:
+    """Read and validate the JSON file at ``path``, with ``--set`` items ``overrides`` applied."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
@@ -247,4 +291,4 @@ def read_config(path: str, family_of: FamilyLookup) -> Config:
         raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
-    return parse_config(data, family_of, source=path)
+    return parse_config(apply_overrides(data, overrides), family_of, source=path)

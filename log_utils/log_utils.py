@@ -6,18 +6,24 @@ extra that may be missing, offline or failing without stopping the run.
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 import attrs
+import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.io import write_png
+from tqdm import tqdm
 
 LOGGER_NAME = "vqvc"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -25,13 +31,70 @@ METRICS_FILE = "metrics.jsonl"
 WANDB_DEFAULT_HOST = "api.wandb.ai"
 WANDB_PROBE_SECONDS = 2.0
 WANDB_ID_MAX_LEN = 64
+# reconstruction grids: clips shown, frames enlarged to at least this many pixels, error gain
+GRID_CLIPS = 4
+GRID_MIN_SIZE = 128
+ERROR_GAIN = 4.0
+GRID_BORDER = 1  # white pixels around each frame
+GRID_GAP = 8  # white columns between original, reconstruction and error
+GRID_HEADER = 18
+GRID_FONT = 12
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """The console: INFO and above on stderr, in the log file's format, printed above a tqdm
+    progress bar instead of into it."""
+
+    def __init__(self, level: int = logging.INFO):
+        super().__init__()
+        self.setLevel(level)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+
+    @property
+    def stream(self):
+        return sys.stderr  # looked up at each line, so a redirected stderr is followed (as logging.lastResort does)
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # logging's own rule: a failing handler reports itself, never stops the program
+            self.handleError(record)
+
+
+def console_handler() -> Optional[ConsoleHandler]:
+    """The console handler on the root logger, if one is installed."""
+    return next((h for h in logging.getLogger().handlers if isinstance(h, ConsoleHandler)), None)
+
+
+def setup_console(level: int = logging.INFO) -> ConsoleHandler:
+    """Install the one console handler on the root logger (once, however often it is called).
+
+    Entry points call it first, so their own messages and a run's look the same, and each
+    line appears once. DEBUG lines go only to a run's log file.
+    """
+    root = logging.getLogger()
+    handler = console_handler()
+    if handler is None:
+        handler = ConsoleHandler(level)
+        root.addHandler(handler)
+    if root.getEffectiveLevel() > level:
+        root.setLevel(level)  # let other modules' INFO lines through
+    return handler
 
 
 class LogManager:
     """Local logging plus optional wandb for one run (``is_main=False`` on DDP ranks > 0).
 
     The handlers go on the root logger, so warnings from every module (data loading,
-    weights, ...) reach the same file; ``self.logger`` ('vqvc') also logs DEBUG there.
+    weights, ...) reach the same file; ``self.logger`` ('vqvc') also logs DEBUG there, and only
+    there: the console (one ``ConsoleHandler``, shared with the entry point) shows INFO and above.
     ``resume`` is the seed's argument: wandb always resumes a run of the same id
     ("allow"), so a resumed training continues its curves.
     """
@@ -73,9 +136,12 @@ class LogManager:
         if self.is_main and root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)  # let other modules' INFO lines through
         formatter = logging.Formatter(LOG_FORMAT)
-        console = logging.StreamHandler()
-        console.setLevel(logging.INFO if self.is_main else logging.WARNING)
-        self._handlers.append(console)
+        console = console_handler()
+        if console is None:  # no entry point installed one: this run's own, removed on close
+            console = ConsoleHandler()
+            self._handlers.append(console)
+        if not self.is_main:
+            console.setLevel(logging.WARNING)  # DDP ranks > 0: the process shows only its problems
         if self.is_main:
             stamp = time.strftime("%Y%m%d_%H%M%S")
             self.log_file = os.path.join(self.log_dir, f"training_{stamp}.log")
@@ -112,24 +178,26 @@ class LogManager:
         d: int,
         unnormalize: Callable[[torch.Tensor], torch.Tensor],
         n_show: int = 4,
+        tag: str = "recon",
     ) -> Optional[str]:
-        """Write originals (left) beside reconstructions (right) as a PNG; return its path.
+        """Write ``images/{tag}_step{step}.png`` (``reconstruction_grid``: a row per clip, original |
+        reconstruction | amplified error, PSNR per frame) and send it to wandb; return its path.
 
-        Shows the first clip's first ``n_show`` frames (for images, the first
-        ``n_show`` images of the batch), one frame per row. ``b`` keeps the seed's
+        ``images`` are ``(b*d, C, H, W)`` normalised frames, clip by clip. ``b`` keeps the seed's
         call; the layout needs only ``d``.
         """
         if not self.is_main:
             return None
-        grid = reconstruction_grid(images, images_recon, d, unnormalize, n_show)
-        path = os.path.join(self.log_dir, "images", f"recon_step{int(step):07d}.png")
+        grid = reconstruction_grid(images, images_recon, d, unnormalize, n_show, step=int(step))
+        path = os.path.join(self.log_dir, "images", f"{tag}_step{int(step):07d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_png(grid, path)
         if self.run_wandb is not None:
-            picture = self._wandb.Image(grid.permute(1, 2, 0).numpy(), caption="left: original, right: reconstruction")
-            self.run_wandb.log({"viz/recon-original": picture}, step=int(step))
+            caption = f"rows: clips; original | reconstruction | |error| x{ERROR_GAIN:g}; PSNR per frame"
+            picture = self._wandb.Image(grid.permute(1, 2, 0).numpy(), caption=caption)
+            self.run_wandb.log({f"viz/{tag}-original": picture}, step=int(step))
         if self.tensorboard is not None:
-            self.tensorboard.add_image("viz/recon-original", grid, int(step))
+            self.tensorboard.add_image(f"viz/{tag}-original", grid, int(step))
         return path
 
     def close(self) -> None:
@@ -175,14 +243,48 @@ class LogManager:
                              os.path.dirname(self.run_wandb.dir))
 
 
-def reconstruction_grid(images, images_recon, d: int, unnormalize, n_show: int = 4) -> torch.Tensor:
-    """``(3, n*H, 2*W)`` uint8: originals stacked in the left column, reconstructions in the right."""
-    count = n_show if d == 1 else min(n_show, d)  # in (b d) order clip 0's frames come first
-    columns = [
-        rearrange(unnormalize(frames[:count].detach().float()).clamp(0, 1).cpu(), "n c h w -> c (n h) w")
-        for frames in (images, images_recon)
-    ]
-    return (torch.cat(columns, dim=2) * 255).round().to(torch.uint8)
+def frame_psnr(pixels: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each frame (leading dimensions kept) of [0, 1] pixels ``(..., c, h, w)``, at most 100."""
+    mse = (pixels.float() - reference.float()).pow(2).flatten(-3).mean(dim=-1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def reconstruction_grid(images, images_recon, d: int, unnormalize, n_show: int = 4, n_clips: int = GRID_CLIPS,
+                        step: Optional[int] = None, gain: float = ERROR_GAIN,
+                        min_size: int = GRID_MIN_SIZE) -> torch.Tensor:
+    """``(3, H, W)`` uint8: one row per clip (the first ``n_clips``), each row its first ``n_show``
+    frames as original | reconstruction | absolute error x ``gain``, with each reconstructed frame's
+    PSNR written on it and the step above. Frames smaller than ``min_size`` are enlarged (nearest).
+    """
+    def clips_of(frames):
+        pixels = unnormalize(frames.detach().float()).clamp(0, 1).cpu()
+        return rearrange(pixels, "(b d) c h w -> b d c h w", d=d)[:n_clips, :n_show]
+
+    orig, recon = clips_of(images), clips_of(images_recon)
+    error = ((orig - recon).abs() * gain).clamp(0, 1)
+    b, f, _, h, w = orig.shape
+    scale = max(1, math.ceil(min_size / min(h, w)))
+    panels = torch.stack([orig, recon, error], dim=1)  # (b, 3, f, c, h, w)
+    panels = panels.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    panels = F.pad(panels, (GRID_BORDER,) * 4, value=1.0)  # white lines between frames
+    columns = [rearrange(panels[:, p], "b f c h w -> (b h) (f w) c") for p in range(3)]
+    gap = torch.ones(columns[0].shape[0], GRID_GAP, 3)
+    grid = torch.cat([columns[0], gap, columns[1], gap, columns[2]], dim=1)
+    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + GRID_HEADER), "white")
+    picture.paste(Image.fromarray((grid * 255).round().to(torch.uint8).numpy()), (0, GRID_HEADER))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=GRID_FONT)
+    title = f"step {step}: " if step is not None else ""
+    draw.text((4, 2), f"{title}original | reconstruction | |error| x{gain:g}    (PSNR per frame)",
+              fill="black", font=font)
+    cell_h, cell_w = h * scale + 2 * GRID_BORDER, w * scale + 2 * GRID_BORDER
+    for row, values in enumerate(frame_psnr(recon, orig).tolist()):
+        for col, value in enumerate(values):
+            x, y = (f + col) * cell_w + GRID_GAP + GRID_BORDER + 2, GRID_HEADER + row * cell_h + GRID_BORDER + 2
+            label = f"{value:.1f} dB"
+            draw.rectangle(draw.textbbox((x, y), label, font=font), fill="black")
+            draw.text((x, y), label, fill="white", font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 
 def _wandb_reachable(timeout: float = WANDB_PROBE_SECONDS) -> bool:

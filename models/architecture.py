@@ -8,6 +8,8 @@ import os
 
 from torch import nn
 
+TENSOR_RECORD_BYTES = 288  # what torch.save adds per tensor (zip headers, 64-byte alignment), measured
+
 
 def _count(tensors) -> int:
     return sum(t.numel() for t in tensors)
@@ -55,11 +57,29 @@ def rate_summary(model, input_shape: tuple) -> dict:
     }
 
 
-def analyze_model_architecture(model, input_shape: tuple, architecture_file: str, logger: logging.Logger) -> dict:
+def checkpoint_bytes(model: nn.Module, companions=()) -> dict:
+    """Estimated file sizes: ``weights`` (a ``best_*`` file: the model's state dict) and
+    ``resumable`` (a step checkpoint: also Adam's state of every trained parameter, and the state
+    of ``companions`` trained beside the model, e.g. the discriminator)."""
+    companions = [m for m in companions if m is not None]
+
+    def stored(tensors) -> int:  # torch.save keeps each tensor as its own zip record
+        return sum(t.numel() * t.element_size() + TENSOR_RECORD_BYTES for t in tensors)
+
+    weights = stored(model.state_dict().values())
+    trained = [p for m in (model, *companions) for p in m.parameters() if p.requires_grad]
+    adam = 2 * stored(trained) + TENSOR_RECORD_BYTES * len(trained)  # exp_avg, exp_avg_sq and a step count
+    extra = sum(stored(m.state_dict().values()) for m in companions)
+    return {"weights": weights, "resumable": weights + extra + adam}
+
+
+def analyze_model_architecture(model, input_shape: tuple, architecture_file: str, logger: logging.Logger,
+                               companions=()) -> dict:
     """Write the parameter table and the rate of ``model`` (an adapter) to ``architecture_file``.
 
     Trainable parameters are what the optimizer updates; buffers (EMA codebook
-    statistics, BatchNorm running stats) are state, not parameters.
+    statistics, BatchNorm running stats) are state, not parameters. The log line also says
+    what one checkpoint will weigh (``checkpoint_bytes``; ``companions`` as there).
     """
     root = getattr(model, "model", model)  # an adapter's keys are its inner model's
     params = list(model.parameters())
@@ -69,17 +89,25 @@ def analyze_model_architecture(model, input_shape: tuple, architecture_file: str
         "frozen_params": _count(p for p in params if not p.requires_grad),
         "buffer_elements": _count(model.buffers()),
         "modules": {name: trainable + frozen for name, _, trainable, frozen, _ in rows},
+        "checkpoint_bytes": checkpoint_bytes(model, companions),
         **rate_summary(model, input_shape),
     }
     os.makedirs(os.path.dirname(architecture_file) or ".", exist_ok=True)
     with open(architecture_file, "w", encoding="utf-8") as fh:
         fh.write(_report(model, input_shape, summary, rows))
+    sizes = summary["checkpoint_bytes"]
     logger.info(
-        "model %s: %s trainable parameters, %s buffer elements, %.1f bits/frame (%.1fx vs raw 8-bit); see %s",
+        "model %s: %s trainable parameters, %s buffer elements, %.1f bits/frame (%.1fx vs raw 8-bit); "
+        "one checkpoint ~%s (best_* files ~%s); see %s",
         type(model).__name__, f"{summary['trainable_params']:,}", f"{summary['buffer_elements']:,}",
-        summary["bits_per_frame"], summary["compression_ratio"], architecture_file,
+        summary["bits_per_frame"], summary["compression_ratio"], _mib(sizes["resumable"]), _mib(sizes["weights"]),
+        architecture_file,
     )
     return summary
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
 
 
 def _report(model, input_shape, summary: dict, rows: list) -> str:
@@ -99,6 +127,8 @@ def _report(model, input_shape, summary: dict, rows: list) -> str:
         f"Trainable parameters: {summary['trainable_params']:,}",
         f"Frozen parameters:    {summary['frozen_params']:,}",
         f"Buffer elements:      {summary['buffer_elements']:,}  (EMA statistics etc.; not trained by the optimizer)",
+        f"Checkpoint size:      ~{_mib(summary['checkpoint_bytes']['resumable'])} per step checkpoint (weights, "
+        f"optimizer moments, discriminator), ~{_mib(summary['checkpoint_bytes']['weights'])} per best_* file (weights)",
         "",
         "Quantizers (resolved options):",
         *(f"  level {level}: {text}" for level, text in enumerate(summary["quantizers"])),

@@ -5,7 +5,7 @@ translates the shared ``model_args`` names to the model's own, in one place.
 ``load_config`` / ``config_from_dict`` are the config loaders every entry point uses:
 the ground floor's parser with this registry plugged in.
 """
-from typing import Any
+from typing import Any, Iterable
 
 from core.config import Config, parse_config, read_config
 from core.config_schema import ConfigError, closest_key
@@ -47,9 +47,9 @@ def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     return parse_config(data, resolve_adapter, source)
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the config file at ``path``."""
-    return read_config(path, resolve_adapter)
+def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
+    """Read and validate the config file at ``path``, with ``--set`` items (``KEY=VALUE``) applied."""
+    return read_config(path, resolve_adapter, overrides)
 
 
 def create_model(config: Config) -> BaseVqVaeAdapter:

@@ -26,7 +26,7 @@ def feed(monkeypatch, text):
 def trainings(monkeypatch):
     """Replaces the training call; the list of (config, device) it was asked for."""
     calls = []
-    monkeypatch.setattr(main, "train_single", lambda config, device: calls.append((config, device)) or 0)
+    monkeypatch.setattr(main, "train_single", lambda config, device, overrides=(): calls.append((config, device, *overrides)) or 0)
     monkeypatch.setattr(main, "config_files", lambda: ["param.json", "configs/other.json"])
     monkeypatch.setattr(main, "device_choices", lambda: ["auto", "cpu", "cuda:0"])
     return calls
@@ -90,11 +90,33 @@ def test_launcher_script_exits_0_when_stdin_is_empty():
 
 def test_menu_multitask_shows_the_plan_and_can_be_declined(tmp_path, monkeypatch, capsys, no_processes):
     monkeypatch.setattr(main, "DEFAULT_TASK_DIR", str(task_folder(tmp_path)))
-    feed(monkeypatch, "2\nn\n")
+    feed(monkeypatch, "2\n\nn\n")  # multitask, the default folder, decline
     assert main.main([]) == 0
     out = capsys.readouterr().out
     assert "vqvae2_k64" in out and "vqvae2_k512" in out and "Start 2 task(s)?" in out
     assert not (tmp_path / "logs").exists()
+
+
+def test_menu_takes_a_typed_config_path_and_says_what_else_it_accepts(tmp_path, monkeypatch, capsys, trainings):
+    mine = tmp_path / "mine.json"
+    mine.write_text("{}")
+    feed(monkeypatch, f"1\n{tmp_path / 'missing.json'}\n{mine}\ncpu\n")
+    assert main.main([]) == 0
+    assert trainings == [(str(mine), "cpu")]
+    assert "is not a choice; choose one of: 1, 2, or type the path of a config file" in capsys.readouterr().out
+
+
+def test_menu_multitask_takes_a_typed_task_folder(tmp_path, monkeypatch, capsys, no_processes):
+    folder = task_folder(tmp_path)
+    feed(monkeypatch, f"2\n{folder}\nn\n")
+    assert main.main([]) == 0
+    out = capsys.readouterr().out
+    assert f"2 task(s) from {folder}" in out and "Start 2 task(s)?" in out
+
+
+def test_single_mode_passes_overrides_to_the_training(monkeypatch, trainings):
+    assert main.main(["--mode", "single", "--config", "mine.json", "--set", "train_args.lr=0.1", "data_args.seed=3"]) == 0
+    assert trainings == [("mine.json", None, "train_args.lr=0.1", "data_args.seed=3")]
 
 
 def test_config_choices_put_param_json_first():
@@ -130,7 +152,8 @@ def test_help_documents_both_modes(capsys):
         assert flag in out
 
 
-@pytest.mark.parametrize("argv", [["--dry-run"], ["--mode", "single", "--dir", "x"], ["--config", "param.json"]])
+@pytest.mark.parametrize("argv", [["--dry-run"], ["--mode", "single", "--dir", "x"], ["--config", "param.json"],
+                                  ["--mode", "multi", "--set", "train_args.lr=1"]])
 def test_flags_of_the_other_mode_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(argv)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torchvision.io import read_image
 
-from log_utils.log_utils import LogManager, build_id_name, reconstruction_grid
+from log_utils.log_utils import (ERROR_GAIN, GRID_BORDER, GRID_CLIPS, GRID_GAP, GRID_HEADER, GRID_MIN_SIZE, LogManager,
+                                 build_id_name, frame_psnr, reconstruction_grid)
+from metric_utils.metric_utils import psnr
 from log_utils.plot import main as plot_main
 from log_utils.plot import plot_run
 from models.adapter_base import BaseVqVaeAdapter, VQOutput
@@ -66,23 +68,44 @@ def test_other_ranks_write_no_files(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_reconstruction_grid_puts_originals_left_and_reconstructions_right(log_mgr):
-    b, d, h, w = 2, 3, 16, 12
+def test_reconstruction_grid_rows_are_clips_original_reconstruction_and_amplified_error(log_mgr):
+    b, d, h, w = 5, 3, 16, 12  # five clips, of which the grid shows four
     images = torch.rand(b * d, 3, h, w) * 2 - 1
-    recon = -images
-    path = log_mgr.log_images(40, images, recon, b, d, unnormalize, n_show=4)
-    assert path.endswith("images/recon_step0000040.png")
+    recon = (images + 0.1 * torch.randn_like(images)).clamp(-1, 1)
+    path = log_mgr.log_images(40, images, recon, b, d, unnormalize, n_show=4, tag="val")
+    assert path.endswith("images/val_step0000040.png")
     png = read_image(path)
-    assert png.shape == (3, d * h, 2 * w)  # one clip's d frames (< n_show), two columns
-    expected_left = (unnormalize(images[1]) * 255).round().to(torch.uint8)
-    expected_right = (unnormalize(recon[1]) * 255).round().to(torch.uint8)
-    assert torch.equal(png[:, h : 2 * h, :w], expected_left)
-    assert torch.equal(png[:, h : 2 * h, w:], expected_right)
+    scale = math.ceil(GRID_MIN_SIZE / min(h, w))  # 12 px frames enlarged to >= 128 px, nearest
+    cell_h, cell_w = h * scale + 2 * GRID_BORDER, w * scale + 2 * GRID_BORDER
+    assert png.shape == (3, GRID_HEADER + GRID_CLIPS * cell_h, 3 * d * cell_w + 2 * GRID_GAP)
+
+    def frame_at(panel, clip, frame):  # the enlarged frame, back at its own size
+        top = GRID_HEADER + clip * cell_h + GRID_BORDER
+        left = panel * (d * cell_w + GRID_GAP) + frame * cell_w + GRID_BORDER
+        return png[:, top:top + h * scale:scale, left:left + w * scale:scale]
+
+    to_png = lambda x: (x * 255).round().to(torch.uint8)  # noqa: E731
+    original = unnormalize(images[3 * d + 2])  # clip 3, frame 2
+    error = ((original - unnormalize(recon[3 * d + 2])).abs() * ERROR_GAIN).clamp(0, 1)
+    assert torch.equal(frame_at(0, 3, 2), to_png(original))
+    assert torch.equal(frame_at(2, 3, 2), to_png(error))
+    assert (png[:, :GRID_HEADER] < 128).any()  # the step and legend are written above
+    recon_frame = frame_at(1, 3, 2).float()  # the PSNR label covers its top-left corner only
+    assert (recon_frame[:, h // 2:] - to_png(unnormalize(recon[3 * d + 2]))[:, h // 2:].float()).abs().max() <= 1
 
 
-def test_image_batches_show_the_first_n_images():
+def test_frame_psnr_is_the_metric_of_each_frame():
+    orig, recon = torch.rand(2, 3, 3, 8, 8), torch.rand(2, 3, 3, 8, 8)
+    values = frame_psnr(recon, orig)
+    assert values.shape == (2, 3)
+    assert values[1, 2].item() == pytest.approx(psnr(recon[1, 2:3], orig[1, 2:3]), abs=1e-4)
+
+
+def test_image_batches_show_one_image_per_row():
     images = torch.zeros(6, 3, 8, 8)
-    assert reconstruction_grid(images, images, d=1, unnormalize=unnormalize, n_show=4).shape == (3, 32, 16)
+    grid = reconstruction_grid(images, images, d=1, unnormalize=unnormalize, n_show=4)
+    cell = 8 * 16 + 2 * GRID_BORDER
+    assert grid.shape == (3, GRID_HEADER + GRID_CLIPS * cell, 3 * cell + 2 * GRID_GAP)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import torch
 from tests.helpers import tiny_config
 from core.checkpoint import list_checkpoints, load_checkpoint
 from models.builders import config_from_dict
+from models.architecture import checkpoint_bytes
+from models.loaders import model_from_checkpoint
 from train.train_custom_videos import build_trainer
 from train.trainer import TrainingDiverged
 
@@ -32,6 +34,8 @@ def test_twenty_steps_lower_the_loss_and_write_the_run_folder(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     val = [m for m in read_metrics(trainer.files.run_dir) if "val/stats/psnr" in m]
     assert len(val) == 3  # steps 0, 10, 20
+    pictures = os.listdir(os.path.join(trainer.files.run_dir, "images"))  # a grid at every validation
+    assert {"val_step0000000.png", "val_step0000010.png", "val_step0000020.png"} <= set(pictures)
     assert val[-1]["val/stats/psnr"] > val[0]["val/stats/psnr"]
     names = os.listdir(os.path.join(trainer.files.run_dir, "checkpoints"))
     assert "checkpoint_step00000020.pth.tar" in names and "best_psnr.pth.tar" in names
@@ -145,3 +149,25 @@ def test_init_from_loads_weights_but_starts_a_fresh_run(tmp_path):
     assert second.start_step == 0
     saved = load_checkpoint(ckpt)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in second.model.state_dict().items())
+
+
+def test_best_files_hold_weights_and_config_and_only_step_checkpoints_can_resume_the_optimizers(tmp_path):
+    gan = {"use_gan": True, "use_perceptual": False, "disc_start": 0, "disc_layers": 1, "disc_ndf": 8,
+           "num_steps": 4, "validation_interval": 2, "save_interval": 4}
+    trainer = make_trainer(tmp_path, train_args=gan)
+    trainer.train()
+    folder = trainer.files.checkpoint_dir
+    step = load_checkpoint(os.path.join(folder, "checkpoint_step00000004.pth.tar"))
+    best = load_checkpoint(os.path.join(folder, "best_loss.pth.tar"))
+    assert {"optimizer", "optimizer_disc", "disc_state_dict", "scheduler", "rng"} <= set(step)
+    assert not {"optimizer", "optimizer_disc", "disc_state_dict", "scheduler", "scaler", "rng"} & set(best)
+    assert {"steps", "state_dict", "config", "model_type"} <= set(best)
+    assert os.path.getsize(os.path.join(folder, "best_loss.pth.tar")) < 0.6 * os.path.getsize(
+        os.path.join(folder, "checkpoint_step00000004.pth.tar"))
+    estimate = checkpoint_bytes(trainer.model, [trainer.loss_calculator.discriminator])  # the start-up line's
+    for kind, name in (("weights", "best_loss.pth.tar"), ("resumable", "checkpoint_step00000004.pth.tar")):
+        assert abs(os.path.getsize(os.path.join(folder, name)) - estimate[kind]) < 0.1 * estimate[kind] + 2**15
+    model, _config, _ckpt = model_from_checkpoint(os.path.join(folder, "best_loss.pth.tar"))  # inference
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in model.state_dict().items())
+    tuned = make_trainer(tmp_path, name="tuned", train_args={"init_from": os.path.join(folder, "best_loss.pth.tar")})
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in tuned.model.state_dict().items())

@@ -36,6 +36,17 @@ def lr_factor(args: TrainArgs, step: int) -> float:
     return warmup
 
 
+def describe_lr(args: TrainArgs) -> str:
+    """The learning rate and its schedule, as the start-up line says it."""
+    warmup = f", linear warm-up over {args.warmup_steps} steps" if args.warmup_steps else ""
+    if args.lr_schedule == "cosine":
+        return f"lr {args.lr:.2e}, cosine to {args.lr_min:.2e} at step {args.num_steps}{warmup} (lr_schedule)"
+    if args.lr_schedule == "constant" or args.lr_decay == 1:
+        return f"lr {args.lr:.2e} (constant{warmup})"
+    return (f"lr {args.lr:.2e}, x{args.lr_decay:g} every {args.lr_decay_interval} steps{warmup} "
+            f"(lr_decay, lr_decay_interval)")
+
+
 def build_optimizers(args: TrainArgs, model: nn.Module, discriminator: Optional[nn.Module] = None) -> tuple:
     """``(optimizer, optimizer_disc or None, scheduler)``.
 

@@ -24,6 +24,9 @@ BEST_METRICS = {
     "val/loss/total": ("min", "best_loss.pth.tar"),
 }
 SUMMARY_FILE = "run_summary.json"
+# What only resuming needs. A best_<metric> file is for inference and init_from: weights, config,
+# code prior; the optimizer moments (twice the weights' size) and the discriminator stay in step checkpoints.
+RESUME_ONLY_KEYS = ("optimizer", "optimizer_disc", "scheduler", "scaler", "disc_state_dict", "rng", "samples_seen")
 
 
 class RunFiles:
@@ -64,7 +67,8 @@ class RunFiles:
         return path
 
     def save_best(self, metrics: dict, step: int, payload: Callable[[], dict]) -> list:
-        """Save ``best_<metric>.pth.tar`` for every metric that improved; returns their keys."""
+        """Save ``best_<metric>.pth.tar`` (weights and config, no optimizer state) for every metric
+        that improved; returns their keys."""
         improved = []
         for key, (direction, _name) in BEST_METRICS.items():
             value = metrics.get(key)
@@ -75,7 +79,7 @@ class RunFiles:
                 self.best[key] = value
                 improved.append(key)
         if improved and step > 0 and self.is_main:
-            state = payload()
+            state = {k: v for k, v in payload().items() if k not in RESUME_ONLY_KEYS}
             for key in improved:
                 name = BEST_METRICS[key][1]
                 save_checkpoint(state, os.path.join(self.checkpoint_dir, name))

@@ -20,16 +20,18 @@ from core.config import Config, ConfigError
 from core.runtime import seed_everything, select_device, set_deterministic
 from data_utils.files import compose_shards, resolve_data_files
 from data_utils.loader import build_loader
-from log_utils.log_utils import LogManager, build_id_name
+from log_utils.log_utils import LogManager, build_id_name, setup_console
 from log_utils.plot import plot_run
 from metric_utils.metric_utils import Metrics, resolve_metric_weights
 from models.architecture import analyze_model_architecture
 from models.builders import create_model, load_config
 from models.perceptual import build_lpips
 from train.losses import uses_perceptual
+from train.optim import describe_lr
 from train.trainer import TrainingDiverged, TrainVqVae
 
 logger = logging.getLogger("vqvc")
+RESOLVED_CONFIG = "config.json"  # in the run folder
 
 
 @attrs.frozen
@@ -90,6 +92,8 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
                          wandb_dir=args.wandb_dir, is_main=ctx.is_main, use_tensorboard=config.use_tensorboard)
     log = log_mgr.logger
     log.info("config %s: model %s, device %s, run folder %s", config.source, config.model_type, device, config.run_dir)
+    if ctx.is_main:  # what this run really uses: defaults filled in, --set applied
+        config.save_resolved(os.path.join(config.run_dir, RESOLVED_CONFIG))
 
     # Everything that can fail on input is checked before the model is built or data read.
     train_files, valid_files = _data_files(config)
@@ -104,9 +108,6 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_args = config.data_args
-    frame_shape = (data_args.sequence_length, 3, *data_args.frame_size)
-    if ctx.is_main:
-        analyze_model_architecture(model, frame_shape, os.path.join(config.run_dir, "architecture.txt"), log)
 
     part, parts = compose_shards(data_args.shard_id, data_args.num_shards, ctx.rank, ctx.world_size)
     training_loader = build_loader(train_files, data_args, config.use_images, shard_id=part, num_shards=parts,
@@ -115,9 +116,9 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     if ctx.is_main and valid_files:
         validation_loader = build_loader(valid_files, data_args, config.use_images, validation=True,
                                          folder="data_process.vaild")
-    log.info("batch %d x %d frames of %s on %d process(es): effective batch %d clips, lr %.2e",
+    log.info("batch %d x %d frames of %s on %d process(es): effective batch %d clips, %s",
              data_args.batch_size, data_args.sequence_length, "x".join(map(str, data_args.frame_size)),
-             ctx.world_size, data_args.batch_size * ctx.world_size, args.lr)
+             ctx.world_size, data_args.batch_size * ctx.world_size, describe_lr(args))
 
     if metrics is None and validation_loader is not None:
         metrics = Metrics(device, model.vocab_sizes, use_fid=use_fid, lpips=perceptual if use_lpips else None,
@@ -128,15 +129,20 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         forward_model = torch.compile(forward_model, backend=args.compile_backend)
-    return TrainVqVae(config=config, model=model, training_loader=training_loader,
-                      validation_loader=validation_loader, log_mgr=log_mgr, device=device, metrics=metrics,
-                      perceptual=perceptual, forward_model=forward_model, is_main=ctx.is_main,
-                      world_size=ctx.world_size)
+    trainer = TrainVqVae(config=config, model=model, training_loader=training_loader,
+                         validation_loader=validation_loader, log_mgr=log_mgr, device=device, metrics=metrics,
+                         perceptual=perceptual, forward_model=forward_model, is_main=ctx.is_main,
+                         world_size=ctx.world_size)
+    if ctx.is_main:  # after the trainer: a checkpoint's size includes the discriminator it built
+        frame_shape = (data_args.sequence_length, 3, *data_args.frame_size)
+        analyze_model_architecture(model, frame_shape, os.path.join(config.run_dir, "architecture.txt"), log,
+                                   companions=[trainer.loss_calculator.discriminator])
+    return trainer
 
 
-def train_videos(device_override=None, config_path="param.json") -> dict:
-    """Train the model ``config_path`` describes; returns the run summary."""
-    config = load_config(config_path)
+def train_videos(device_override=None, config_path="param.json", overrides=()) -> dict:
+    """Train the model ``config_path`` (with ``--set`` items ``overrides``) describes; returns the run summary."""
+    config = load_config(config_path, overrides)
     trainer = build_trainer(config, device_override)
     try:
         summary = trainer.train()
@@ -151,13 +157,22 @@ def train_videos(device_override=None, config_path="param.json") -> dict:
             dist.destroy_process_group()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train a VQ-VAE video/image codec from a JSON config.")
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE ...``, the same on every training entry point."""
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys without editing the file, e.g. --set train_args.lr=1e-4 "
+                             "data_args.batch_size=4 (values are JSON; other text is a string)")
+
+
+def main(argv=None, prog=None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a VQ-VAE video/image codec from a JSON config.")
     parser.add_argument("--config", default="param.json", help="config file (default: param.json)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda:N (default: the config's train_args.device)")
+    add_override_option(parser)
     args = parser.parse_args(argv)
+    setup_console()
     try:
-        summary = train_videos(device_override=args.device, config_path=args.config)
+        summary = train_videos(device_override=args.device, config_path=args.config, overrides=args.overrides)
     except (ConfigError, CheckpointError) as err:
         logger.error("%s", err)
         return 2

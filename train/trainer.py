@@ -347,9 +347,13 @@ class TrainVqVae:
     def _validate(self, step: int) -> None:
         if not self.is_main:
             return
-        metrics = self.evaluate(self.args.val_max_images)
+        kept = []  # the first validation clips and their reconstructions, for the picture
+        metrics = self.evaluate(self.args.val_max_images, keep=kept)
         self.model.train()
         self.log_mgr.log_metrics(step, metrics)
+        if kept:
+            frames, recon, d = torch.cat([k[0] for k in kept]), torch.cat([k[1] for k in kept]), kept[0][2]
+            self.log_mgr.log_images(step, frames, recon, len(frames) // d, d, to_pixel_range, tag="val")
         shown = " | ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in metrics.items())
         self.logger.info("validation at step %d | %s", step, shown)
         self.files.save_best(metrics, step, lambda: self.training_state(step))
@@ -359,11 +363,12 @@ class TrainVqVae:
         """What validation measures and the codec uses: the EMA of the weights if kept, else the weights."""
         return self.ema.model if self.ema is not None else self.model
 
-    def evaluate(self, max_images: int = 10000) -> dict:
-        """One pass over the validation clips; the design document's ``val/...`` keys."""
+    def evaluate(self, max_images: int = 10000, keep: Optional[list] = None) -> dict:
+        """One pass over the validation clips; the design document's ``val/...`` keys (``keep``: see
+        ``train.validation.evaluate``)."""
         return evaluate(self.inference_model, self.validation_loader, self._prepare, self.metrics, self.precision,
                         self.device, max_images, use_images=self.config.use_images,
-                        progress=self.args.progress_bar)
+                        progress=self.args.progress_bar, keep=keep)
 
     def save(self, step: int) -> Optional[str]:
         """Write the step checkpoint (rank 0 only)."""

@@ -1,5 +1,6 @@
 """One validation pass: reconstruction loss, PSNR, and the ``Metrics`` of the whole pass."""
 import sys
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,10 +13,12 @@ from metric_utils.metric_utils import psnr
 
 @torch.no_grad()
 def evaluate(model, loader, prepare, metrics, precision: str, device, max_images: int = 10000,
-             use_images: bool = False, progress="auto") -> dict:
+             use_images: bool = False, progress="auto", keep: Optional[list] = None, keep_clips: int = 4) -> dict:
     """One pass over the validation clips; the design document's ``val/...`` keys.
 
     ``prepare`` turns a loader batch into ``(frames, b, d)``; ``precision`` is resolved (no "auto").
+    ``keep``, a list, receives ``(frames, reconstructions, d)`` of the first batches (on the
+    CPU) until it holds ``keep_clips`` clips: what the reconstruction grid shows.
     """
     model.eval()
     if metrics is not None:
@@ -29,6 +32,8 @@ def evaluate(model, loader, prepare, metrics, precision: str, device, max_images
         with autocast(precision, device):
             out = model(images)
         recon = out.recon.float()
+        if keep is not None and sum(len(kept) // d for kept, _, _ in keep) < keep_clips:
+            keep.append((images.detach().cpu(), recon.detach().cpu(), d))
         recon_error = F.mse_loss(recon, images)
         # PSNR as the eye sees it: of each frame, clamped to [0, 1] (8-bit video cannot hold more)
         frames = [to_pixel_range(t).clamp(0, 1) for t in (recon, images)]

@@ -1,0 +1,5 @@
+import sys
+
+from vqvc.cli import main
+
+sys.exit(main())
