@@ -8,8 +8,9 @@ family's own ``args_class``; the family is found by a lookup the caller passes i
 """
 import copy
 import json
+import logging
 import os
-from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Union
+from typing import Any, Callable, ClassVar, Literal, Mapping, Optional, Protocol, Union
 
 import attrs
 
@@ -17,14 +18,23 @@ from core.config_schema import (
     ConfigError,
     Invalid,
     check,
+    closest_key,
+    config_keys,
     non_negative,
     open_unit,
     positive,
     require,
     structure,
+    unknown_keys,
+    unknown_keys_error,
 )
 
+logger = logging.getLogger(__name__)
+
 AutoBool = Union[bool, Literal["auto"]]
+# run_name is one folder inside folder_name: never a path that leads elsewhere
+plain_name = check(lambda v: v not in ("", ".", "..") and not any(c in v for c in "/\\\0"),
+                   "a plain folder name (no '/', '\\' or '..'): the run folder is folder_name/run_name")
 
 
 @attrs.frozen
@@ -84,7 +94,7 @@ class TrainArgs:
     lr_decay: float = attrs.field(default=0.99, validator=check(lambda v: 0 < v <= 1, "a value in (0, 1]"))
     lr_decay_interval: int = attrs.field(default=1000, validator=positive)
     folder_name: str = "runs"
-    run_name: Optional[str] = None  # default: the config file's name
+    run_name: Optional[str] = attrs.field(default=None, validator=plain_name)  # default: the config file's name
     checkpoint_path: Optional[str] = None  # resume from this file
     resume: Optional[Literal["auto"]] = None  # "auto": newest good checkpoint of the run folder
     init_from: Optional[str] = None  # model weights only (e.g. an upstream release)
@@ -172,7 +182,11 @@ class Config:
 
 
 class ModelFamily(Protocol):
-    """What config parsing needs of a model family: its ``model_args`` class and cross-section checks."""
+    """What config parsing needs of a model family: its ``model_args`` class and cross-section checks.
+
+    ``args_class`` may map keys of other families to what it uses instead
+    (``__config_equivalents__``, for the warning when such a key is ignored).
+    """
 
     args_class: ClassVar[type]
 
@@ -183,18 +197,60 @@ class ModelFamily(Protocol):
 FamilyLookup = Callable[[str], ModelFamily]  # model_type -> family; raises ConfigError if unknown
 
 
-def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>") -> Config:
-    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``."""
+def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>",
+                 families: Optional[Mapping[str, ModelFamily]] = None) -> Config:
+    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``.
+
+    ``families`` (name -> family) are all the families there are: a ``model_args`` key that
+    another family knows is ignored with a warning; keys no family knows are errors, all
+    named in one line.
+    """
     prefix = f"{source}: " if source != "<dict>" else ""
     try:
-        top = structure(Config, _without_comments(data), "")
+        data = _without_comments(data)
+        raw = data
+        if isinstance(data, dict):
+            data, ignored = _sort_keys(data, family_of, families or {})
+            for line in ignored:
+                logger.warning("%s%s", prefix, line)
+            raw = data
+        top = structure(Config, data, "")
         family = family_of(top.model_type)
         model_args = structure(family.args_class, top.model_args, "model_args")
-        config = attrs.evolve(top, model_args=model_args, _source=source, _raw=data)
+        config = attrs.evolve(top, model_args=model_args, _source=source, _raw=raw)
         family.check_config(config)
     except (ConfigError, Invalid) as err:
         raise ConfigError(prefix + str(err)) from None
     return config
+
+
+def _sort_keys(data: dict, family_of: FamilyLookup, families: Mapping[str, ModelFamily]) -> tuple:
+    """``(data without the model_args keys of other families, warnings for them)``; every key that
+    no family knows raises one ``ConfigError`` naming them all."""
+    found = unknown_keys(Config, data, "")
+    model_args = data.get("model_args", {})
+    ignored = []
+    if isinstance(model_args, dict):
+        family = family_of(data.get("model_type", attrs.fields(Config).model_type.default))
+        own = config_keys(family.args_class)
+        kept = {k: v for k, v in model_args.items() if k in own}
+        found += unknown_keys(family.args_class, kept, "model_args")
+        model_type = data.get("model_type", attrs.fields(Config).model_type.default)
+        instead_of = getattr(family.args_class, "__config_equivalents__", {})
+        for key in model_args:
+            if key in own:
+                continue
+            other = next((name for name, f in families.items() if key in config_keys(f.args_class)), None)
+            if other is None:
+                found.append((f"model_args.{key}", closest_key(str(key), own), own))
+                continue
+            instead = f"use {instead_of[key]} instead" if key in instead_of else "it has no such setting"
+            ignored.append(f"model_args.{key} is a {other} key: ignored by {model_type} ({instead})")
+        if ignored:
+            data = {**data, "model_args": kept}
+    if found:
+        raise unknown_keys_error(found)
+    return data, ignored
 
 
 def _without_comments(data: Any) -> Any:
@@ -215,7 +271,7 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def read_config(path: str, family_of: FamilyLookup) -> Config:
+def read_config(path: str, family_of: FamilyLookup, families: Optional[Mapping[str, ModelFamily]] = None) -> Config:
     """Read and validate the JSON file at ``path``."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -226,4 +282,4 @@ def read_config(path: str, family_of: FamilyLookup) -> Config:
         raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
-    return parse_config(data, family_of, source=path)
+    return parse_config(data, family_of, source=path, families=families)

@@ -6,18 +6,25 @@ from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vq_vae.vq_vae import VqVae2
 from core.config_schema import check, non_negative, open_unit, positive, require
 
+RGB = check(lambda v: v == 3, "3 (the data loader gives RGB frames)")
+
 
 @attrs.frozen
 class VqVae2Args:
     """``model_args`` of VqVae2; the field names are the JSON keys."""
+
+    # keys of other families -> what this one uses instead (they are ignored with a warning)
+    __config_equivalents__ = {"nb_levels": "group_count", "nb_res_layers": "n_blk_per_group",
+                              "res_channels": "n_hid", "beta": "commitment_cost",
+                              "ddconfig": "group_count, n_hid and n_blk_per_group"}
 
     group_count: int = attrs.field(default=4, validator=check(lambda v: 2 <= v <= 5, "an integer in [2, 5]"))
     n_hid: int = attrs.field(default=64, validator=positive)
     n_blk_per_group: int = attrs.field(default=2, validator=positive)
     vocab_size: int = attrs.field(default=1024, validator=check(lambda v: v >= 2, "an integer >= 2"))
     n_init: int = attrs.field(default=256, validator=positive)  # code dimension
-    input_channels: int = attrs.field(default=3, validator=positive)
-    output_channels: int = attrs.field(default=3, validator=positive)
+    input_channels: int = attrs.field(default=3, validator=RGB)
+    output_channels: int = attrs.field(default=3, validator=RGB)
     commitment_cost: float = attrs.field(default=0.25, validator=non_negative)
     decay: float = attrs.field(default=0.99, validator=open_unit)  # 0: learned codebook; > 0: EMA codebook
     # restart codes used fewer times per batch (running average) than this; 0: never

@@ -14,6 +14,8 @@ from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vqvae2.vqvae import VQVAE
 from core.config_schema import Invalid, check, non_negative, open_unit, positive
 
+RGB = check(lambda v: v == 3, "3 (the data loader gives RGB frames)")
+
 # JSON model_args name -> VQVAE argument name
 MODEL_ARG_NAMES = {
     "input_channels": "in_channels",
@@ -28,8 +30,13 @@ MODEL_ARG_NAMES = {
 class VQVAEArgs:
     """``model_args`` of VQVAE2; the field names are the JSON keys."""
 
-    input_channels: int = attrs.field(default=3, validator=positive)
-    output_channels: int = attrs.field(default=3, validator=positive)
+    # keys of other families -> what this one uses instead (they are ignored with a warning)
+    __config_equivalents__ = {"group_count": "nb_levels and scaling_rates", "n_blk_per_group": "nb_res_layers",
+                              "beta": "commitment_cost",
+                              "ddconfig": "n_hid, res_channels, nb_res_layers, nb_levels and scaling_rates"}
+
+    input_channels: int = attrs.field(default=3, validator=RGB)
+    output_channels: int = attrs.field(default=3, validator=RGB)
     n_hid: int = attrs.field(default=128, validator=check(lambda v: v >= 2, "an integer >= 2"))
     res_channels: int = attrs.field(default=32, validator=positive)
     nb_res_layers: int = attrs.field(default=2, validator=non_negative)
