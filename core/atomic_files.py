@@ -11,6 +11,18 @@ import tempfile
 TEMP_PREFIX = ".tmp_"
 
 
+class StorageError(OSError):
+    """A file of the run cannot be written (full disk, read-only folder, a file where a folder belongs).
+
+    One line naming the path and the reason; whatever was there before is left intact.
+    """
+
+
+def storage_error(path: str, err: OSError) -> StorageError:
+    reason = err.strerror or str(err)
+    return StorageError(err.errno, f"{path}: cannot write ({reason}); the previous version, if any, is intact")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -34,8 +46,11 @@ def _fsync_dir(directory: str) -> None:
 def atomic_path(path: str):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=directory)
+    except OSError as err:
+        raise storage_error(path, err) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
     try:
@@ -43,6 +58,10 @@ def atomic_path(path: str):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except StorageError:
+        raise
+    except OSError as err:
+        raise storage_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

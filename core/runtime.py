@@ -25,6 +25,21 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's own, or for the CPU the machine's RAM (or its cgroup limit)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:  # no cgroup v2 limit here
+        pass
+    return total
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

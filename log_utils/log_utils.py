@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -18,6 +19,8 @@ import attrs
 import torch
 from einops import rearrange
 from torchvision.io import write_png
+
+from core.atomic_files import atomic_write, storage_error
 
 LOGGER_NAME = "vqvc"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -33,7 +36,9 @@ class LogManager:
     The handlers go on the root logger, so warnings from every module (data loading,
     weights, ...) reach the same file; ``self.logger`` ('vqvc') also logs DEBUG there.
     ``resume`` is the seed's argument: wandb always resumes a run of the same id
-    ("allow"), so a resumed training continues its curves.
+    ("allow"), so a resumed training continues its curves. With ``start_wandb=False`` wandb
+    waits for ``start_run``, which the trainer calls with the run id stored in the checkpoint
+    it resumes from (or none, for a new run).
     """
 
     def __init__(
@@ -46,9 +51,12 @@ class LogManager:
         id_name: str = "",
         wandb_dir: Optional[str] = None,
         is_main: bool = True,
+        start_wandb: bool = True,
     ):
         self.log_dir = log_dir
         self.is_main = is_main
+        self.id_name = id_name
+        self.run_id: Optional[str] = id_name if start_wandb else None
         self.metrics_path = os.path.join(log_dir, METRICS_FILE)
         self.log_file: Optional[str] = None
         self._handlers: list = []
@@ -57,8 +65,22 @@ class LogManager:
         if is_main:
             os.makedirs(log_dir, exist_ok=True)
         self.logger = self._build_logger()
-        if is_main and use_wandb:
-            self._start_wandb(project_name, config, id_name, wandb_dir or log_dir)
+        self._wandb_settings = (project_name, config, wandb_dir or log_dir) if is_main and use_wandb else None
+        if self._wandb_settings and start_wandb:
+            self._start_wandb(*self._wandb_settings[:2], id_name, self._wandb_settings[2])
+
+    def start_run(self, run_id: Optional[str] = None, step: int = 0) -> str:
+        """Log from ``step`` on as run ``run_id`` (None: a new run, a new id); returns the id.
+
+        ``metrics.jsonl`` keeps what was logged before ``step`` (a resumed run writes each step
+        once), and wandb, if on, continues the run of that id -- only a resume passes one.
+        """
+        self.run_id = run_id or new_run_id(self.id_name)
+        if self.is_main:
+            rewind_metrics(self.metrics_path, step)
+            if self._wandb_settings and self.run_wandb is None:
+                self._start_wandb(*self._wandb_settings[:2], self.run_id, self._wandb_settings[2])
+        return self.run_id
 
     # -- local logging ---------------------------------------------------------
     def _build_logger(self) -> logging.Logger:
@@ -87,8 +109,11 @@ class LogManager:
         if not self.is_main:
             return
         values = {key: _plain(value) for key, value in metrics.items()}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": int(step), **values}) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": int(step), **values}) + "\n")
+        except OSError as err:  # a full disk or a folder made read-only: one line, not a traceback
+            raise storage_error(self.metrics_path, err) from None
         if self.run_wandb is not None:
             self.run_wandb.log({k: v for k, v in values.items() if v is not None}, step=int(step))
 
@@ -167,6 +192,35 @@ def reconstruction_grid(images, images_recon, d: int, unnormalize, n_show: int =
         for frames in (images, images_recon)
     ]
     return (torch.cat(columns, dim=2) * 255).round().to(torch.uint8)
+
+
+def new_run_id(base: str = "") -> str:
+    """A new wandb-safe run id: ``base`` (e.g. ``build_id_name``) and a random suffix, at most 64 characters."""
+    suffix = secrets.token_hex(4)
+    return f"{base[: WANDB_ID_MAX_LEN - len(suffix) - 1]}-{suffix}" if base else suffix
+
+
+def rewind_metrics(path: str, step: int) -> int:
+    """Drop what ``metrics.jsonl`` holds from ``step`` on (validation at ``step`` included: the resumed
+    run validates there again), and torn lines of a killed writer; returns how many lines went."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+                at = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if at < step or (at == step and not any(str(k).startswith("val/") for k in record)):
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        atomic_write(path, lambda fh: fh.write("".join(kept).encode("utf-8")))
+    return dropped
 
 
 def _wandb_reachable(timeout: float = WANDB_PROBE_SECONDS) -> bool:

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
+from core.run_folder import check_run_dir, prepare_run_dir
 from core.runtime import seed_everything, select_device, set_deterministic
 from data_utils.files import resolve_data_files
 from data_utils.loader import build_loader
@@ -25,6 +26,7 @@ from log_utils.plot import plot_run
 from metric_utils.metric_utils import Metrics, resolve_metric_weights
 from models.architecture import analyze_model_architecture
 from models.builders import create_model, load_config
+from models.footprint import check_fits_in_memory
 from models.perceptual import build_lpips
 from train.train_utils import normalizers
 from train.trainer import TrainingDiverged, TrainVqVae
@@ -62,7 +64,9 @@ def init_distributed(device: torch.device) -> DistributedContext:
 
 def _data_files(config: Config) -> tuple:
     data_args = config.data_args
-    train_files, valid_files = data_args.training_data_files, data_args.validation_data_files
+    train_files = resolve_data_files(data_args.training_data_files, config.use_images, "data_args.training_data_files")
+    valid_files = resolve_data_files(data_args.validation_data_files, config.use_images,
+                                     "data_args.validation_data_files")
     if config.data_process is not None:
         train_files = resolve_data_files(config.data_process.train, config.use_images, "data_process.train")
         valid_files = resolve_data_files(config.data_process.vaild, config.use_images, "data_process.vaild")
@@ -85,14 +89,15 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     set_deterministic(args.deterministic)
     seed_everything(config.data_args.seed)
 
+    # Everything that can fail on input is checked before the model is built or data read.
+    prepare_run_dir(config) if ctx.is_main else check_run_dir(config)
+    train_files, valid_files = _data_files(config)
+    check_fits_in_memory(config, device)
     log_mgr = LogManager(config.run_dir, use_wandb=config.use_wandb, project_name=config.project_name,
                          config=config.to_dict(), resume=args.resume == "auto", id_name=build_id_name(config),
-                         wandb_dir=args.wandb_dir, is_main=ctx.is_main)
+                         wandb_dir=args.wandb_dir, is_main=ctx.is_main, start_wandb=False)  # the trainer starts it
     log = log_mgr.logger
     log.info("config %s: model %s, device %s, run folder %s", config.source, config.model_type, device, config.run_dir)
-
-    # Everything that can fail on input is checked before the model is built or data read.
-    train_files, valid_files = _data_files(config)
     use_fid, use_lpips = False, False
     if ctx.is_main and valid_files:
         use_fid, use_lpips = resolve_metric_weights(args, log)

@@ -20,11 +20,11 @@ from tqdm import tqdm
 from codec.prior import fit_code_prior
 from core.atomic_files import remove_orphaned_temp_files
 from core.checkpoint import (
+    RunCheckpoints,
     capture_rng_state,
     checkpoint_name,
     find_resumable,
     load_checkpoint,
-    prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
     verify_checkpoint,
@@ -83,6 +83,7 @@ class TrainVqVae:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.precision == "fp16")
         self.run_dir = self.config.run_dir
         self.checkpoint_dir = os.path.join(self.run_dir, "checkpoints")
+        self.checkpoints = RunCheckpoints(self.checkpoint_dir, args.keep_last)  # prunes this run's files only
         self.start_step = 0
         self.best = {}
         self.nonfinite_skipped = 0
@@ -106,9 +107,11 @@ class TrainVqVae:
             else:
                 self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
         if ckpt is None:
+            self.run_id = self.log_mgr.start_run(None, 0)  # a new run, a new wandb id
             self._init_from()
             return
         check_compatible(ckpt, self.model, self.config.model_type, path)
+        self.checkpoints.adopt(path, ckpt)
         self.model.load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer"):
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -124,6 +127,7 @@ class TrainVqVae:
         samples = ckpt.get("samples_seen", self.start_step * self.config.data_args.batch_size)
         self.training_loader.seek(int(samples))
         self.last_checkpoint = path
+        self.run_id = self.log_mgr.start_run(ckpt.get("run_id"), self.start_step)  # same wandb run, steps once
         self.logger.info("resumed from %s at step %d", path, self.start_step)
 
     def _init_from(self) -> None:
@@ -349,6 +353,7 @@ class TrainVqVae:
             "rng": capture_rng_state(),
             "samples_seen": self.training_loader.samples_seen,
             "best": dict(self.best),
+            "run_id": self.run_id,
         }
         payload.update(self.loss_calculator.state_dict())
         if self.code_prior is not None:
@@ -362,8 +367,7 @@ class TrainVqVae:
         path = os.path.join(self.checkpoint_dir, checkpoint_name(step))
         if final and path == self.last_checkpoint and self.code_prior is None:
             return path
-        save_checkpoint(self._checkpoint_payload(step), path)
-        prune_checkpoints(self.checkpoint_dir, self.args.keep_last)
+        self.checkpoints.save(self._checkpoint_payload(step), step)
         self.last_checkpoint = path
         size_mb = os.path.getsize(path) / 2**20
         self.logger.info("checkpoint step %d -> %s (%.1f MB)", step, path, size_mb)
