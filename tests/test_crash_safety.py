@@ -8,6 +8,7 @@ import sys
 import time
 
 from tests.helpers import tiny_config, write_config
+from core import exit_codes
 from core.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def test_sigkill_at_random_moments_then_resume_reaches_the_end(tmp_path):
     assert not [n for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.startswith(".tmp")]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_interrupted_code(tmp_path):
     data = tiny_config(tmp_path, train_args={"num_steps": 100000, "save_interval": 5, "validation_interval": 1000})
     config_path = write_config(tmp_path, data, "term.json")
     run_dir = os.path.join(data["train_args"]["folder_name"], "term")
@@ -66,7 +67,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert wait_for_step(run_dir, proc)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, output
+    assert proc.returncode == exit_codes.INTERRUPTED == 75, output  # not 0: the run did not finish
     summary = json.load(open(os.path.join(run_dir, "run_summary.json")))
     assert summary["status"] == "interrupted"
     assert load_checkpoint(summary["last_checkpoint"])["steps"] == summary["steps"]

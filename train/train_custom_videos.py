@@ -15,11 +15,13 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from core import exit_codes
+from core.atomic_files import StorageError
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
 from core.run_folder import check_run_dir, prepare_run_dir
 from core.runtime import seed_everything, select_device, set_deterministic
-from data_utils.files import resolve_data_files
+from data_utils.files import config_data_files
 from data_utils.loader import build_loader
 from log_utils.log_utils import LogManager, build_id_name
 from log_utils.plot import plot_run
@@ -62,19 +64,6 @@ def init_distributed(device: torch.device) -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
-def _data_files(config: Config) -> tuple:
-    data_args = config.data_args
-    train_files = resolve_data_files(data_args.training_data_files, config.use_images, "data_args.training_data_files")
-    valid_files = resolve_data_files(data_args.validation_data_files, config.use_images,
-                                     "data_args.validation_data_files")
-    if config.data_process is not None:
-        train_files = resolve_data_files(config.data_process.train, config.use_images, "data_process.train")
-        valid_files = resolve_data_files(config.data_process.vaild, config.use_images, "data_process.vaild")
-    if not train_files:
-        raise ConfigError(f"{config.source}: no training data: set data_process.train or data_args.training_data_files")
-    return train_files, valid_files
-
-
 def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVqVae:
     """Everything ``train_videos`` wires together, without running it (tests use this)."""
     args = config.train_args
@@ -91,7 +80,7 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
 
     # Everything that can fail on input is checked before the model is built or data read.
     prepare_run_dir(config) if ctx.is_main else check_run_dir(config)
-    train_files, valid_files = _data_files(config)
+    train_files, valid_files = config_data_files(config)
     check_fits_in_memory(config, device)
     log_mgr = LogManager(config.run_dir, use_wandb=config.use_wandb, project_name=config.project_name,
                          config=config.to_dict(), resume=args.resume == "auto", id_name=build_id_name(config),
@@ -139,9 +128,11 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
                       forward_model=forward_model, is_main=ctx.is_main, world_size=ctx.world_size)
 
 
-def train_videos(device_override=None, config_path="param.json") -> dict:
+def train_videos(device_override=None, config_path="param.json", resume: bool = False) -> dict:
     """Train the model ``config_path`` describes; returns the run summary."""
     config = load_config(config_path)
+    if resume:  # continue from the newest good checkpoint of the run folder (train_args.resume = "auto")
+        config = attrs.evolve(config, train_args=attrs.evolve(config.train_args, resume="auto"))
     trainer = build_trainer(config, device_override)
     try:
         summary = trainer.train()
@@ -157,19 +148,26 @@ def train_videos(device_override=None, config_path="param.json") -> dict:
 
 
 def main(argv=None) -> int:
+    """Train; the exit status is one of ``core.exit_codes`` (0 finished, 2 bad input, 75 interrupted, ...)."""
     parser = argparse.ArgumentParser(description="Train a VQ-VAE video/image codec from a JSON config.")
     parser.add_argument("--config", default="param.json", help="config file (default: param.json)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda:N (default: the config's train_args.device)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest good checkpoint of the run folder (train_args.resume = auto)")
     args = parser.parse_args(argv)
     try:
-        summary = train_videos(device_override=args.device, config_path=args.config)
+        summary = train_videos(device_override=args.device, config_path=args.config, resume=args.resume)
     except (ConfigError, CheckpointError) as err:
         logger.error("%s", err)
-        return 2
+        return exit_codes.BAD_INPUT
+    except StorageError as err:
+        logger.error("%s", err.strerror)
+        return exit_codes.STORAGE
     except TrainingDiverged as err:
         logger.error("%s", err)
-        return 3
-    return 0 if summary["status"] in ("finished", "interrupted") else 1
+        return exit_codes.DIVERGED
+    return {"finished": exit_codes.FINISHED, "interrupted": exit_codes.INTERRUPTED}.get(summary["status"],
+                                                                                        exit_codes.FAILED)
 
 
 if __name__ == "__main__":

@@ -96,16 +96,14 @@ class TrainVqVae:
 
     # -- resume -----------------------------------------------------------------
     def _resume(self) -> None:
-        path = self.args.checkpoint_path
-        ckpt = None
-        if path:
+        path, ckpt = self.args.checkpoint_path, None
+        found = find_resumable(self.checkpoint_dir, self.device) if self.args.resume == "auto" else None
+        if found:  # the run's own newest checkpoint comes before checkpoint_path (where it started)
+            path, ckpt = found
+        elif path:
             ckpt = verify_checkpoint(load_checkpoint(path, self.device, self.args.allow_unsafe_load), path)
         elif self.args.resume == "auto":
-            found = find_resumable(self.checkpoint_dir, self.device)
-            if found:
-                path, ckpt = found
-            else:
-                self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
+            self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
         if ckpt is None:
             self.run_id = self.log_mgr.start_run(None, 0)  # a new run, a new wandb id
             self._init_from()
