@@ -85,7 +85,10 @@ def _torch_load(path: str, map_location, weights_only: bool):
     except pickle.UnpicklingError as err:
         if weights_only and "GLOBAL" in str(err):
             raise  # pickled classes or functions: the caller decides
-        raise CheckpointError(f"{path}: damaged or not a checkpoint (cannot unpickle: {_first_line(err)})") from None
+        detail = next((line.split("error:", 1)[1].strip() for line in str(err).splitlines()
+                       if "WeightsUnpickler error:" in line), "")
+        raise CheckpointError(f"{path}: damaged or not a checkpoint (cannot unpickle{': ' + detail if detail else ''})"
+                              ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
         raise CheckpointError(f"{path}: damaged or not a checkpoint ({_first_line(err)})") from None
 

@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import os
+import re
 from typing import Any, Callable, ClassVar, Literal, Mapping, Optional, Protocol, Union
 
 import attrs
@@ -32,6 +33,7 @@ from core.config_schema import (
 logger = logging.getLogger(__name__)
 
 AutoBool = Union[bool, Literal["auto"]]
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # run_name is one folder inside folder_name: never a path that leads elsewhere
 plain_name = check(lambda v: v not in ("", ".", "..") and not any(c in v for c in "/\\\0"),
                    "a plain folder name (no '/', '\\' or '..'): the run folder is folder_name/run_name")
@@ -54,7 +56,7 @@ class DataArgs:
     device_id: int = attrs.field(default=0, validator=non_negative)
     training_data_files: list[str] = attrs.field(factory=list)
     validation_data_files: list[str] = attrs.field(factory=list)
-    seed: int = 2025
+    seed: int = attrs.field(default=2025, validator=check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"))
     sequence_length: int = attrs.field(default=8, validator=positive)
     # Default to this process's rank / world size (torchrun), else 0 / 1.
     shard_id: Optional[int] = attrs.field(default=None, validator=non_negative)
@@ -99,7 +101,8 @@ class TrainArgs:
     resume: Optional[Literal["auto"]] = None  # "auto": newest good checkpoint of the run folder
     init_from: Optional[str] = None  # model weights only (e.g. an upstream release)
     allow_unsafe_load: bool = False  # permit full unpickling of foreign checkpoints
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=check(lambda v: bool(DEVICE_NAME.fullmatch(v)),
+                                                              "auto, cpu, mps, cuda or cuda:N"))
     save_interval: int = attrs.field(default=10000, validator=positive)
     keep_last: int = attrs.field(default=3, validator=positive)
     validation_interval: int = attrs.field(default=1000, validator=positive)

@@ -10,13 +10,17 @@ from core.config_schema import ConfigError
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda:N`` must exist."""
+    """``auto`` -> CUDA when present, else CPU; a named device must exist here (never a silent CPU run)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train_args.device = {name!r}: expected auto, cpu or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train_args.device = {name!r}: expected auto, cpu, mps, cuda or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train_args.device = {name!r}: no MPS device on this machine (use auto or cpu)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train_args.device = {name!r}: no CUDA device on this machine (use auto or cpu)")

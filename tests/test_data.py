@@ -137,9 +137,9 @@ def test_hostile_images_are_used_or_skipped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         dataset = ImageDataset(files, sequence_length=len(files), size=(8, 12), clips_per_file=1)
         clip, _ = dataset[0]
-    assert dataset.skipped == 1  # the zero-byte file, at start
+    assert dataset.skipped == 2  # the zero-byte file and the one that is no image, at start
     assert clip.shape == (len(files), 8, 12, 3) and clip.dtype == torch.uint8
-    assert "fake.jpg" in " ".join(r.message for r in caplog.records)  # unreadable: warned, replaced
+    assert "fake.jpg" in " ".join(r.message for r in caplog.records)  # unreadable: warned
 
 
 def test_chunked_sampling_keeps_clip_starts_uniform():
