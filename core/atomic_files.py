@@ -5,6 +5,7 @@ partial file, and no temporary file survives a failure that Python sees.
 """
 import contextlib
 import glob
+import json
 import os
 import tempfile
 
@@ -73,6 +74,12 @@ def atomic_write(path: str, write) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             write(fh)
+
+
+def atomic_write_json(path: str, data) -> None:
+    """``data`` as indented JSON at ``path``, put in place atomically."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def remove_orphaned_temp_files(directory: str) -> int:

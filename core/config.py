@@ -93,6 +93,7 @@ class DataArgs:
 class TrainArgs:
     num_steps: int = attrs.field(default=100000, validator=positive)
     lr: float = attrs.field(default=1e-4, validator=positive)
+    scale_lr: bool = False  # upstream Taming's scale_lr: lr x batch_size x processes (lr read as base_learning_rate)
     lr_decay: float = attrs.field(default=0.99, validator=check(lambda v: 0 < v <= 1, "a value in (0, 1]"))
     lr_decay_interval: int = attrs.field(default=1000, validator=positive)
     folder_name: str = "runs"

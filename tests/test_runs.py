@@ -121,3 +121,28 @@ def test_the_design_documents_example_config_trains(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert main(["--config", write_config(tmp_path, data, "example.json")]) == 0
     assert list_checkpoints(os.path.join(tmp_path, "save_data", "example", "checkpoints"))
+
+
+def test_step_zero_validation_writes_the_best_checkpoints(tmp_path):
+    trainer = train(tmp_path, train_args={"num_steps": 1, "validation_interval": 100, "save_interval": 100})
+    for name in ("best_psnr.pth.tar", "best_loss.pth.tar"):
+        os.remove(os.path.join(trainer.checkpoint_dir, name))
+    trainer.best = {}
+    assert "val/stats/psnr" in trainer._check_and_save_best_models(0, {"val/stats/psnr": 20.0, "val/loss/total": 1.0})
+    assert load_checkpoint(os.path.join(trainer.checkpoint_dir, "best_psnr.pth.tar"))["steps"] == 0
+
+
+@pytest.mark.parametrize("scale_lr, factor", [(False, 1), (True, 2)])  # batch 2, one process
+def test_scale_lr_multiplies_the_base_rate_by_batch_and_processes_as_upstream_taming(tmp_path, scale_lr, factor):
+    taming = {"model_type": "TamingVQGAN",
+              "model_args": {"vocab_size": 16, "n_init": 8,
+                             "ddconfig": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                          "z_channels": 8, "resolution": 32}}}
+    data = tiny_config(tmp_path, **taming, train_args={"lr": 4.5e-6, "scale_lr": scale_lr,
+                                                       "perceptual_backbone": "random"})
+    data["model_args"] = taming["model_args"]
+    trainer = build_trainer(config_from_dict(data, source="taming.json"))
+    trainer.log_mgr.close()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4.5e-6 * factor)
+    disc = trainer.loss_calculator.optimizer_disc
+    assert disc.param_groups[0]["lr"] == pytest.approx(4.5e-6 * factor)

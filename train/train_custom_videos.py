@@ -77,6 +77,9 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
         torch.backends.cudnn.allow_tf32 = True
     set_deterministic(args.deterministic)
     seed_everything(config.data_args.seed)
+    if args.scale_lr:  # as upstream Taming's main.py: base learning rate x batch size x processes
+        args = attrs.evolve(args, lr=args.lr * config.data_args.batch_size * ctx.world_size)
+        config = attrs.evolve(config, train_args=args)
 
     # Everything that can fail on input is checked before the model is built or data read.
     prepare_run_dir(config) if ctx.is_main else check_run_dir(config)

@@ -4,7 +4,6 @@ One step: uint8 clips -> [-1, 1] frames -> model -> LossCalculator -> backward/s
 autoencoder, then ``discriminator_step`` (a no-op without GAN). The loss path (plain,
 GAN, Taming) was chosen once by ``build_loss_calculator``; the step does not branch on it.
 """
-import json
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from codec.prior import fit_code_prior
-from core.atomic_files import remove_orphaned_temp_files
+from core.atomic_files import atomic_write_json, remove_orphaned_temp_files
 from core.checkpoint import (
     RunCheckpoints,
     capture_rng_state,
@@ -261,13 +260,17 @@ class TrainVqVae:
             self._write_summary("failed", step)
             raise
         finally:
-            self.stop.uninstall()
+            if sys.exc_info()[1] is not None:  # an error ends the run here; else the handler stays to the save
+                self.stop.uninstall()
             if bar is not None:
                 bar.close()
-        if status == "finished" and self.args.fit_prior and self.start_step < step:
-            self._fit_prior()
-        if self.start_step < step or status == "interrupted":
-            self.save(step, final=True)
+        try:  # a signal during the end stage (prior, final save) still ends with the final checkpoint
+            if status == "finished" and self.args.fit_prior and self.start_step < step:
+                self._fit_prior()
+            if self.start_step < step or status == "interrupted":
+                self.save(step, final=True)
+        finally:
+            self.stop.uninstall()
         elapsed = time.time() - t_start
         self.logger.info("%s at step %d after %s; last checkpoint: %s", status, step, format_duration(elapsed),
                          self.last_checkpoint)
@@ -330,7 +333,7 @@ class TrainVqVae:
             if best is None or (value > best if direction == "max" else value < best):
                 self.best[key] = value
                 improved.append(key)
-        if improved and step > 0:
+        if improved:
             payload = self._checkpoint_payload(step)
             for key in improved:
                 name = BEST_METRICS[key][1]
@@ -385,9 +388,7 @@ class TrainVqVae:
         summary = {"status": status, "steps": step, "last_checkpoint": self.last_checkpoint,
                    "best": dict(self.best), "nonfinite_skipped": self.nonfinite_skipped}
         if self.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            with open(os.path.join(self.run_dir, "run_summary.json"), "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
+            atomic_write_json(os.path.join(self.run_dir, "run_summary.json"), summary)
         return summary
 
 
