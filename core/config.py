@@ -211,13 +211,13 @@ def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>",
     """
     prefix = f"{source}: " if source != "<dict>" else ""
     try:
-        data = _without_comments(data)
-        raw = data
+        raw, data = data, _without_comments(data)
         if isinstance(data, dict):
             data, ignored = _sort_keys(data, family_of, families or {})
             for line in ignored:
                 logger.warning("%s%s", prefix, line)
-            raw = data
+            if ignored:  # saved checkpoints carry the config as it is used
+                raw = {**raw, "model_args": data["model_args"]}
         top = structure(Config, data, "")
         family = family_of(top.model_type)
         model_args = structure(family.args_class, top.model_args, "model_args")
@@ -235,11 +235,11 @@ def _sort_keys(data: dict, family_of: FamilyLookup, families: Mapping[str, Model
     model_args = data.get("model_args", {})
     ignored = []
     if isinstance(model_args, dict):
-        family = family_of(data.get("model_type", attrs.fields(Config).model_type.default))
+        model_type = data.get("model_type", attrs.fields(Config).model_type.default)
+        family = family_of(model_type)
         own = config_keys(family.args_class)
         kept = {k: v for k, v in model_args.items() if k in own}
         found += unknown_keys(family.args_class, kept, "model_args")
-        model_type = data.get("model_type", attrs.fields(Config).model_type.default)
         instead_of = getattr(family.args_class, "__config_equivalents__", {})
         for key in model_args:
             if key in own:

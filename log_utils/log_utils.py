@@ -75,6 +75,8 @@ class LogManager:
         ``metrics.jsonl`` keeps what was logged before ``step`` (a resumed run writes each step
         once), and wandb, if on, continues the run of that id -- only a resume passes one.
         """
+        if run_id is None and self.run_wandb is not None:
+            run_id = self.run_wandb.id  # wandb started with the manager (the seed's way): keep its id
         self.run_id = run_id or new_run_id(self.id_name)
         if self.is_main:
             rewind_metrics(self.metrics_path, step)
