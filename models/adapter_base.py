@@ -10,7 +10,16 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from core.config_schema import Invalid
 from core.indices import Indices, as_level_list
+
+
+def check_rgb_channels(args: Any) -> None:
+    """The data loader gives RGB frames: a model of other ``input_channels``/``output_channels`` cannot train on them."""
+    for key in ("input_channels", "output_channels"):
+        value = getattr(args, key, 3)
+        if value != 3:
+            raise Invalid(f"model_args.{key} = {value}: expected 3 (the data loader gives RGB frames)")
 
 
 class VQOutput(NamedTuple):
@@ -86,6 +95,7 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
     @classmethod
     def check_config(cls, config: Any) -> None:
         """Cross-section checks of the whole config (raise ``core.config_schema.Invalid``)."""
+        check_rgb_channels(config.model_args)
 
     def latent_shapes(self, frame_shape: tuple) -> list:
         """Index-tensor shape per level for one clip of frames shaped ``(d, C, H, W)``."""

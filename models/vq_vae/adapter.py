@@ -6,8 +6,6 @@ from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vq_vae.vq_vae import VqVae2
 from core.config_schema import check, non_negative, open_unit, positive, require
 
-RGB = check(lambda v: v == 3, "3 (the data loader gives RGB frames)")
-
 
 @attrs.frozen
 class VqVae2Args:
@@ -23,8 +21,8 @@ class VqVae2Args:
     n_blk_per_group: int = attrs.field(default=2, validator=positive)
     vocab_size: int = attrs.field(default=1024, validator=check(lambda v: v >= 2, "an integer >= 2"))
     n_init: int = attrs.field(default=256, validator=positive)  # code dimension
-    input_channels: int = attrs.field(default=3, validator=RGB)
-    output_channels: int = attrs.field(default=3, validator=RGB)
+    input_channels: int = attrs.field(default=3, validator=positive)
+    output_channels: int = attrs.field(default=3, validator=positive)
     commitment_cost: float = attrs.field(default=0.25, validator=non_negative)
     decay: float = attrs.field(default=0.99, validator=open_unit)  # 0: learned codebook; > 0: EMA codebook
     # restart codes used fewer times per batch (running average) than this; 0: never
@@ -79,6 +77,7 @@ class VqVae2Adapter(BaseVqVaeAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
+        super().check_config(config)
         factor = 2 ** (config.model_args.group_count - 1)
         height, width = config.data_args.frame_size
         require(

@@ -14,8 +14,6 @@ from models.adapter_base import BaseVqVaeAdapter, VQOutput
 from models.vqvae2.vqvae import VQVAE
 from core.config_schema import Invalid, check, non_negative, open_unit, positive
 
-RGB = check(lambda v: v == 3, "3 (the data loader gives RGB frames)")
-
 # JSON model_args name -> VQVAE argument name
 MODEL_ARG_NAMES = {
     "input_channels": "in_channels",
@@ -35,8 +33,8 @@ class VQVAEArgs:
                               "beta": "commitment_cost",
                               "ddconfig": "n_hid, res_channels, nb_res_layers, nb_levels and scaling_rates"}
 
-    input_channels: int = attrs.field(default=3, validator=RGB)
-    output_channels: int = attrs.field(default=3, validator=RGB)
+    input_channels: int = attrs.field(default=3, validator=positive)
+    output_channels: int = attrs.field(default=3, validator=positive)
     n_hid: int = attrs.field(default=128, validator=check(lambda v: v >= 2, "an integer >= 2"))
     res_channels: int = attrs.field(default=32, validator=positive)
     nb_res_layers: int = attrs.field(default=2, validator=non_negative)
@@ -70,6 +68,7 @@ class VQVAEAdapter(BaseVqVaeAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
+        super().check_config(config)
         rates, nb_levels = config.scaling_rates, config.model_args.nb_levels
         expected = f"a list of model_args.nb_levels ({nb_levels}) powers of 2, the bottom level's downsampling first"
         if rates is None or not all(_is_power_of_2(rate) for rate in rates):
