@@ -257,7 +257,7 @@ def test_a_retry_resumes_the_task_from_its_newest_good_checkpoint(tmp_path):
     for name in EXAMPLE_TASKS[1:]:
         os.remove(folder / name)
     task = json.loads((folder / "vqvae2_k64.json").read_text())
-    task["train_args"].update(num_steps=12, save_interval=2, validation_interval=100, device="cpu")
+    task["train_args"].update(num_steps=6, save_interval=2, validation_interval=100, device="cpu")
     (folder / "vqvae2_k64.json").write_text(json.dumps(task))
     run_dir = tmp_path / "runs" / "multitask_vqvae2_k64"
 
@@ -273,4 +273,4 @@ def test_a_retry_resumes_the_task_from_its_newest_good_checkpoint(tmp_path):
     log_text = open(row["log"]).read()
     second_attempt = log_text.split("# attempt 2 of 2")[1]
     assert "resumed from" in second_attempt and "checkpoint_step" in second_attempt
-    assert json.loads((run_dir / "run_summary.json").read_text())["steps"] == 12
+    assert json.loads((run_dir / "run_summary.json").read_text())["steps"] == 6

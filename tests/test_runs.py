@@ -49,20 +49,20 @@ def test_rerunning_a_config_without_resume_is_refused_in_one_line_and_the_first_
 
 
 def test_resuming_an_older_checkpoint_never_deletes_the_file_it_just_wrote(tmp_path):
-    first = train(tmp_path, train_args={"num_steps": 8, "save_interval": 2, "keep_last": 2,
+    first = train(tmp_path, train_args={"num_steps": 6, "save_interval": 2, "keep_last": 2,
                                         "validation_interval": 100})
     folder = first.checkpoint_dir
 
     def step_files():
         return sorted(os.path.basename(p) for p in list_checkpoints(folder))
 
-    assert step_files() == [checkpoint_name(6), checkpoint_name(8)]
-    older = os.path.join(folder, checkpoint_name(6))
-    resumed = train(tmp_path, train_args={"num_steps": 7, "save_interval": 1, "keep_last": 1,
+    assert step_files() == [checkpoint_name(4), checkpoint_name(6)]
+    older = os.path.join(folder, checkpoint_name(4))
+    resumed = train(tmp_path, train_args={"num_steps": 5, "save_interval": 1, "keep_last": 1,
                                           "validation_interval": 100, "checkpoint_path": older})
-    assert resumed.last_checkpoint.endswith(checkpoint_name(7)) and os.path.isfile(resumed.last_checkpoint)
-    # step 8 belongs to the branch the resume left: not this run's to prune
-    assert step_files() == [checkpoint_name(7), checkpoint_name(8)]
+    assert resumed.last_checkpoint.endswith(checkpoint_name(5)) and os.path.isfile(resumed.last_checkpoint)
+    # step 6 belongs to the branch the resume left: not this run's to prune
+    assert step_files() == [checkpoint_name(5), checkpoint_name(6)]
 
 
 def test_run_name_cannot_lead_out_of_folder_name(tmp_path):
@@ -89,15 +89,15 @@ def test_the_wandb_id_is_stored_in_the_checkpoint_and_reused_only_when_resuming_
 
 
 def test_metrics_jsonl_holds_each_step_once_after_a_resume(tmp_path):
-    args = {"num_steps": 6, "save_interval": 3, "keep_last": 5, "validation_interval": 2, "wandb_log_interval": 1}
+    args = {"num_steps": 4, "save_interval": 2, "keep_last": 5, "validation_interval": 2, "wandb_log_interval": 1}
     first = train(tmp_path, train_args=args)
-    at_three = os.path.join(first.checkpoint_dir, checkpoint_name(3))
-    train(tmp_path, train_args={**args, "checkpoint_path": at_three})  # as after a kill just past step 3
+    at_two = os.path.join(first.checkpoint_dir, checkpoint_name(2))
+    train(tmp_path, train_args={**args, "checkpoint_path": at_two})  # as after a kill just past step 2
     records = read_metrics(first.run_dir)
     train_steps = [r["step"] for r in records if "train/loss/total" in r]
     val_steps = [r["step"] for r in records if "val/stats/psnr" in r]
-    assert train_steps == [1, 2, 3, 4, 5, 6]
-    assert val_steps == [0, 2, 4, 6]
+    assert train_steps == [1, 2, 3, 4]
+    assert val_steps == [0, 2, 4]
 
 
 def test_rewinding_metrics_drops_later_steps_and_torn_lines(tmp_path):
