@@ -44,10 +44,13 @@ def check_run_dir(config: Config) -> None:
                           "\"auto\" to continue it, or a new train_args.run_name for a new run")
 
 
-def prepare_run_dir(config: Config) -> str:
-    """Check the run folder (``check_run_dir``), create it and make sure it can be written; returns it."""
+def prepare_run_dir(config: Config, create: bool = True) -> str:
+    """Check the run folder (``check_run_dir``) and, with ``create`` (the process that writes it), create it
+    and make sure it can be written; returns it."""
     check_run_dir(config)
     run_dir = config.run_dir
+    if not create:
+        return run_dir
     try:
         os.makedirs(run_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):

@@ -19,7 +19,7 @@ from core import exit_codes
 from core.atomic_files import StorageError
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
-from core.run_folder import check_run_dir, prepare_run_dir
+from core.run_folder import prepare_run_dir
 from core.runtime import seed_everything, select_device, set_deterministic
 from data_utils.files import config_data_files
 from data_utils.loader import build_loader
@@ -82,7 +82,7 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
         config = attrs.evolve(config, train_args=args)
 
     # Everything that can fail on input is checked before the model is built or data read.
-    prepare_run_dir(config) if ctx.is_main else check_run_dir(config)
+    prepare_run_dir(config, create=ctx.is_main)
     train_files, valid_files = config_data_files(config)
     check_fits_in_memory(config, device)
     log_mgr = LogManager(config.run_dir, use_wandb=config.use_wandb, project_name=config.project_name,
