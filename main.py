@@ -3,12 +3,16 @@
     python main.py                                                 a menu asks what to run
     python main.py --mode single --config param.json --device cpu  one training, in this process
                    [--set train_args.lr=1e-4 ...]                 (config keys overridden)
-    python main.py --mode multi --dir multitask [--dry-run]        every task JSON of the folder
+    python main.py --mode multi --dir multitask [--dry-run] [--resume]  every task JSON of the folder
 
 Multitask mode reads the folder's config.json (GPUs, tasks per GPU, CPU concurrency,
 task files, retries, log folder), runs each task in its own process with its GPU in
 CUDA_VISIBLE_DEVICES, and ends with a summary table (also written as summary.json
-beside the task logs). Ctrl-C asks every task to save a checkpoint and stop.
+beside the task logs). Ctrl-C asks every task to save a checkpoint and stop; --resume
+continues such a batch, every task from its newest good checkpoint.
+
+Exit status (single and multi): 0 finished, 1 failed, 2 bad config or input,
+3 training diverged, 74 run folder not writable, 75 interrupted with checkpoints saved.
 """
 import argparse
 import glob
@@ -16,6 +20,7 @@ import logging
 import os
 import sys
 
+from core import exit_codes
 from core.config_schema import ConfigError
 from log_utils.log_utils import setup_console
 from multitask.devices import visible_gpus
@@ -27,8 +32,9 @@ from train.train_custom_videos import main as train_main
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "param.json")
 DEFAULT_TASK_DIR = os.path.join(ROOT, "multitask")
-EXIT_BAD_CONFIG = 2
-EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+EXIT_BAD_CONFIG = exit_codes.BAD_INPUT
+EXIT_INTERRUPTED = exit_codes.INTERRUPTED  # stopped by Ctrl-C, tasks saved their checkpoints
+EXIT_CTRL_C = 130  # the shell's code for Ctrl-C, when nothing was running
 
 log = logging.getLogger("vqvc")
 
@@ -99,10 +105,10 @@ def train_single(config_path: str, device, overrides=()) -> int:
     return train_main(argv + (["--set", *overrides] if overrides else []))
 
 
-def run_multi(folder: str, dry_run: bool = False, confirm: bool = False) -> int:
+def run_multi(folder: str, dry_run: bool = False, confirm: bool = False, resume: bool = False) -> int:
     """Show the plan, then (unless ``dry_run``, or declined) run it and print the summary."""
     try:
-        plan = make_plan(folder)
+        plan = make_plan(folder, resume=resume)
     except ConfigError as err:
         log.error("%s", err)
         return EXIT_BAD_CONFIG
@@ -118,9 +124,9 @@ def run_multi(folder: str, dry_run: bool = False, confirm: bool = False) -> int:
     say(format_table(rows))
     say(f"summary written to {plan.summary_path}")
     statuses = {row["status"] for row in rows}
-    if statuses & {"interrupted", "cancelled"}:
+    if statuses & {"interrupted", "cancelled", "timed_out"}:
         return EXIT_INTERRUPTED
-    return 0 if statuses == {"succeeded"} else 1
+    return exit_codes.FINISHED if statuses == {"succeeded"} else exit_codes.FAILED
 
 
 def menu() -> int:
@@ -152,12 +158,15 @@ def parse_args(argv=None, prog="main.py") -> argparse.Namespace:
     parser.add_argument("--device", help="single: auto, cpu or cuda:N (default: train_args.device of the config)")
     add_override_option(parser)
     parser.add_argument("--dir", help="multi: folder of task JSONs and config.json (default: multitask/)")
-    parser.add_argument("--dry-run", action="store_true", help="multi: show the tasks and GPU plan, start nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="multi: check every task (config, data paths, run folder), show the plan, start nothing")
+    parser.add_argument("--resume", action="store_true",
+                        help="multi: continue every task from its newest good checkpoint (e.g. after Ctrl-C)")
     args = parser.parse_args(argv)
     if args.mode != "single" and (args.config or args.device or args.overrides):
         parser.error("--config, --device and --set go with --mode single")
-    if args.mode != "multi" and (args.dir or args.dry_run):
-        parser.error("--dir and --dry-run go with --mode multi")
+    if args.mode != "multi" and (args.dir or args.dry_run or args.resume):
+        parser.error("--dir, --dry-run and --resume go with --mode multi")
     return args
 
 
@@ -168,13 +177,13 @@ def main(argv=None, prog="main.py") -> int:
         if args.mode == "single":
             return train_single(args.config or os.path.relpath(DEFAULT_CONFIG), args.device, args.overrides)
         if args.mode == "multi":
-            return run_multi(args.dir or os.path.relpath(DEFAULT_TASK_DIR), dry_run=args.dry_run)
+            return run_multi(args.dir or os.path.relpath(DEFAULT_TASK_DIR), dry_run=args.dry_run, resume=args.resume)
         return menu()
     except EOFError:  # input ended (Ctrl-D, or a script's stdin ran out): nothing more to do
         say("")
         return 0
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C at a prompt, before anything ran
+        return EXIT_CTRL_C
 
 
 if __name__ == "__main__":

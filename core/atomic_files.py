@@ -5,10 +5,23 @@ partial file, and no temporary file survives a failure that Python sees.
 """
 import contextlib
 import glob
+import json
 import os
 import tempfile
 
 TEMP_PREFIX = ".tmp_"
+
+
+class StorageError(OSError):
+    """A file of the run cannot be written (full disk, read-only folder, a file where a folder belongs).
+
+    One line naming the path and the reason; whatever was there before is left intact.
+    """
+
+
+def storage_error(path: str, err: OSError) -> StorageError:
+    reason = err.strerror or str(err)
+    return StorageError(err.errno, f"{path}: cannot write ({reason}); the previous version, if any, is intact")
 
 
 def _umask() -> int:
@@ -34,8 +47,11 @@ def _fsync_dir(directory: str) -> None:
 def atomic_path(path: str):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=os.path.basename(path), dir=directory)
+    except OSError as err:
+        raise storage_error(path, err) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
     try:
@@ -43,6 +59,10 @@ def atomic_path(path: str):
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except StorageError:
+        raise
+    except OSError as err:
+        raise storage_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -54,6 +74,12 @@ def atomic_write(path: str, write) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             write(fh)
+
+
+def atomic_write_json(path: str, data) -> None:
+    """``data`` as indented JSON at ``path``, put in place atomically."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def remove_orphaned_temp_files(directory: str) -> int:

@@ -8,8 +8,10 @@ family's own ``args_class``; the family is found by a lookup the caller passes i
 """
 import copy
 import json
+import logging
 import os
-from typing import Any, Callable, ClassVar, Iterable, Literal, Optional, Protocol, Union
+import re
+from typing import Any, Callable, ClassVar, Iterable, Literal, Mapping, Optional, Protocol, Union
 
 import attrs
 
@@ -18,14 +20,24 @@ from core.config_schema import (
     ConfigError,
     Invalid,
     check,
+    closest_key,
+    config_keys,
     non_negative,
     open_unit,
     positive,
     require,
     structure,
+    unknown_keys,
+    unknown_keys_error,
 )
 
+logger = logging.getLogger(__name__)
+
 AutoBool = Union[bool, Literal["auto"]]
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# run_name is one folder inside folder_name: never a path that leads elsewhere
+plain_name = check(lambda v: v not in ("", ".", "..") and not any(c in v for c in "/\\\0"),
+                   "a plain folder name (no '/', '\\' or '..'): the run folder is folder_name/run_name")
 
 
 @attrs.frozen
@@ -45,7 +57,7 @@ class DataArgs:
     device_id: int = attrs.field(default=0, validator=non_negative)
     training_data_files: list[str] = attrs.field(factory=list)
     validation_data_files: list[str] = attrs.field(factory=list)
-    seed: int = 2025
+    seed: int = attrs.field(default=2025, validator=check(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"))
     sequence_length: int = attrs.field(default=8, validator=positive)
     # This run's share of the data (default: all of it), split again among torchrun's ranks.
     shard_id: Optional[int] = attrs.field(default=None, validator=non_negative)
@@ -85,6 +97,7 @@ class DataArgs:
 class TrainArgs:
     num_steps: int = attrs.field(default=100000, validator=positive)
     lr: float = attrs.field(default=1e-4, validator=positive)
+    scale_lr: bool = False  # upstream Taming's scale_lr: lr x batch_size x processes (lr read as base_learning_rate)
     lr_decay: float = attrs.field(default=0.99, validator=check(lambda v: 0 < v <= 1, "a value in (0, 1]"))
     lr_decay_interval: int = attrs.field(default=1000, validator=positive)
     # "exponential": x lr_decay every lr_decay_interval steps (the seed's); "cosine": down to lr_min by num_steps
@@ -94,12 +107,13 @@ class TrainArgs:
     grad_accum_steps: int = attrs.field(default=1, validator=positive)  # batches per optimizer step
     ema_decay: Optional[float] = attrs.field(default=None, validator=open_unit)  # EMA of the weights, for validation
     folder_name: str = "runs"
-    run_name: Optional[str] = None  # default: the config file's name
+    run_name: Optional[str] = attrs.field(default=None, validator=plain_name)  # default: the config file's name
     checkpoint_path: Optional[str] = None  # resume from this file
     resume: Optional[Literal["auto"]] = None  # "auto": newest good checkpoint of the run folder
     init_from: Optional[str] = None  # model weights only (e.g. an upstream release)
     allow_unsafe_load: bool = False  # permit full unpickling of foreign checkpoints
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=check(lambda v: bool(DEVICE_NAME.fullmatch(v)),
+                                                              "auto, cpu, mps, cuda or cuda:N"))
     save_interval: int = attrs.field(default=10000, validator=positive)
     keep_last: int = attrs.field(default=3, validator=positive)
     validation_interval: int = attrs.field(default=1000, validator=positive)
@@ -202,7 +216,11 @@ class Config:
 
 class ModelFamily(Protocol):
     """What config parsing needs of a model family: its ``model_args`` class, its defaults for
-    ``train_args`` (e.g. Taming's loss settings), and cross-section checks."""
+    ``train_args`` (e.g. Taming's loss settings), and cross-section checks.
+
+    ``args_class`` may map keys of other families to what it uses instead
+    (``__config_equivalents__``, for the warning when such a key is ignored).
+    """
 
     args_class: ClassVar[type]
 
@@ -216,20 +234,62 @@ class ModelFamily(Protocol):
 FamilyLookup = Callable[[str], ModelFamily]  # model_type -> family; raises ConfigError if unknown
 
 
-def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>") -> Config:
-    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``."""
+def parse_config(data: Any, family_of: FamilyLookup, source: str = "<dict>",
+                 families: Optional[Mapping[str, ModelFamily]] = None) -> Config:
+    """Validate ``data`` (a parsed JSON object) into a ``Config``; raises ``ConfigError``.
+
+    ``families`` (name -> family) are all the families there are: a ``model_args`` key that
+    another family knows is ignored with a warning; keys no family knows are errors, all
+    named in one line.
+    """
     prefix = f"{source}: " if source != "<dict>" else ""
     try:
-        top = structure(Config, _without_comments(data), "")
+        raw, data = data, _without_comments(data)
+        if isinstance(data, dict):
+            data, ignored = _sort_keys(data, family_of, families or {})
+            for line in ignored:
+                logger.warning("%s%s", prefix, line)
+            if ignored:  # saved checkpoints carry the config as it is used
+                raw = {**raw, "model_args": data["model_args"]}
+        top = structure(Config, data, "")
         family = family_of(top.model_type)
         model_args = structure(family.args_class, top.model_args, "model_args")
         given = _without_comments(data.get("train_args", {}))
         train_args = structure(TrainArgs, {**family.train_defaults(model_args, given), **given}, "train_args")
-        config = attrs.evolve(top, model_args=model_args, train_args=train_args, _source=source, _raw=data)
+        config = attrs.evolve(top, model_args=model_args, train_args=train_args, _source=source, _raw=raw)
         family.check_config(config)
     except (ConfigError, Invalid) as err:
         raise ConfigError(prefix + str(err)) from None
     return config
+
+
+def _sort_keys(data: dict, family_of: FamilyLookup, families: Mapping[str, ModelFamily]) -> tuple:
+    """``(data without the model_args keys of other families, warnings for them)``; every key that
+    no family knows raises one ``ConfigError`` naming them all."""
+    found = unknown_keys(Config, data, "")
+    model_args = data.get("model_args", {})
+    ignored = []
+    if isinstance(model_args, dict):
+        model_type = data.get("model_type", attrs.fields(Config).model_type.default)
+        family = family_of(model_type)
+        own = config_keys(family.args_class)
+        kept = {k: v for k, v in model_args.items() if k in own}
+        found += unknown_keys(family.args_class, kept, "model_args")
+        instead_of = getattr(family.args_class, "__config_equivalents__", {})
+        for key in model_args:
+            if key in own:
+                continue
+            other = next((name for name, f in families.items() if key in config_keys(f.args_class)), None)
+            if other is None:
+                found.append((f"model_args.{key}", closest_key(str(key), own), own))
+                continue
+            instead = f"use {instead_of[key]} instead" if key in instead_of else "it has no such setting"
+            ignored.append(f"model_args.{key} is a {other} key: ignored by {model_type} ({instead})")
+        if ignored:
+            data = {**data, "model_args": kept}
+    if found:
+        raise unknown_keys_error(found)
+    return data, ignored
 
 
 def _without_comments(data: Any) -> Any:
@@ -280,7 +340,8 @@ def apply_overrides(data: dict, items: Iterable[str]) -> dict:
     return deep_merge(data, parse_overrides(items)) if isinstance(data, dict) else data
 
 
-def read_config(path: str, family_of: FamilyLookup, overrides: Iterable[str] = ()) -> Config:
+def read_config(path: str, family_of: FamilyLookup, overrides: Iterable[str] = (),
+                families: Optional[Mapping[str, ModelFamily]] = None) -> Config:
     """Read and validate the JSON file at ``path``, with ``--set`` items ``overrides`` applied."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -291,4 +352,4 @@ def read_config(path: str, family_of: FamilyLookup, overrides: Iterable[str] = (
         raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
-    return parse_config(apply_overrides(data, overrides), family_of, source=path)
+    return parse_config(apply_overrides(data, overrides), family_of, source=path, families=families)

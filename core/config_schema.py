@@ -128,20 +128,87 @@ def closest_key(key: str, valid: list) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def _shown_key(key: Any, path: str) -> str:
+    shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+    return f"{path}.{shown}" if path else shown
+
+
+def config_keys(cls: type) -> list:
+    """The JSON keys ``cls`` accepts: its public fields and their aliases (``__config_aliases__``)."""
+    fields = [name for name, f in attrs.fields_dict(cls).items() if f.init and not name.startswith("_")]
+    return fields + list(getattr(cls, "__config_aliases__", {}))
+
+
+def _attrs_type(tp: Any):
+    """The attrs class a field holds (directly or as ``Optional``), else None."""
+    if attrs.has(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if attrs.has(a)]
+        return inner[0] if len(inner) == 1 else None
+    return None
+
+
+def unknown_keys(cls: type, data: Any, path: str) -> list:
+    """``(key path, suggestion, valid keys)`` of every key in ``data`` (and its nested objects) that ``cls``
+    does not know."""
+    if not isinstance(data, dict):
+        return []
+    valid = config_keys(cls)
+    hints = typing.get_type_hints(cls)
+    found = []
+    for key, value in data.items():
+        if key not in valid:
+            found.append((_shown_key(key, path), closest_key(str(key), valid), valid))
+            continue
+        nested = _attrs_type(hints.get(key)) if key in hints else None
+        if nested is not None:
+            found += unknown_keys(nested, value, _shown_key(key, path))
+    return found
+
+
+def unknown_keys_error(found: list) -> ConfigError:
+    """One line for every unknown key (``unknown_keys`` triples) at once; with one, the valid keys of its object."""
+    if len(found) == 1:
+        where, hint, valid = found[0]
+        return ConfigError(f"{where}: unknown key{hint}; valid keys: {', '.join(valid)}")
+    return ConfigError(f"{len(found)} unknown keys: " + ", ".join(where + hint for where, hint, _ in found))
+
+
+def _move_aliases(cls: type, data: dict, path: str) -> dict:
+    """``__config_aliases__`` applied: ``alias -> field``, or ``alias -> field.subfield`` into a nested object."""
+    aliases = getattr(cls, "__config_aliases__", {})
+    out = {k: v for k, v in data.items() if k not in aliases}
+    for alias, target in aliases.items():
+        if alias not in data:
+            continue
+        head, _, tail = target.partition(".")
+        if not tail:
+            out[head] = data[alias]
+            continue
+        nested = dict(out.get(head) or {}) if isinstance(out.get(head, {}), dict) else out[head]
+        if not isinstance(nested, dict):
+            continue  # the nested object's own error names it
+        if tail in nested and nested[tail] != data[alias]:
+            raise ConfigError(f"{_shown_key(alias, path)} = {data[alias]!r} disagrees with "
+                              f"{_shown_key(target, path)} = {nested[tail]!r}: set one of them")
+        nested[tail] = data[alias]
+        out[head] = nested
+    return out
+
+
 def structure(cls: type, data: Any, path: str) -> Any:
     """Build attrs class ``cls`` from the JSON object ``data`` found at ``path``."""
     if not isinstance(data, dict):
         raise _fail(path, data, "an object")
     fields = attrs.fields_dict(cls)
     hints = typing.get_type_hints(cls)
-    aliases = getattr(cls, "__config_aliases__", {})
-    data = {aliases.get(k, k): v for k, v in data.items()}
     public = [name for name, f in fields.items() if f.init and not name.startswith("_")]
-    for key in data:
-        if key not in public:
-            shown = key if isinstance(key, str) and key.isprintable() else repr(key)
-            where = f"{path}.{shown}" if path else shown
-            raise ConfigError(f"{where}: unknown key{closest_key(str(key), public)}; valid keys: {', '.join(public)}")
+    found = [(_shown_key(key, path), closest_key(str(key), public), public)
+             for key in data if key not in config_keys(cls)]
+    if found:
+        raise unknown_keys_error(found)
+    data = _move_aliases(cls, data, path)
     kwargs = {}
     for name in public:
         field = fields[name]

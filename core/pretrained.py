@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from core.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from core.config_schema import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,13 @@ def require_weights(what: str, filename: str, key: str, explicit: Optional[str])
 
 
 def load_state_dict_file(path: str) -> dict:
-    """A plain tensor state dict from ``path``, read without executing pickled code."""
+    """A plain tensor state dict from ``path``, read by the one checkpoint reader (no pickled code runs)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise ConfigError(f"{path}: cannot read weights ({err})") from None
+        state = load_checkpoint(path)
+    except UnsafeCheckpointError as err:
+        names = ", ".join(err.names[:3]) or "classes or functions"
+        raise CheckpointError(f"{path}: not a plain weights file: it pickles {names}, which could run code; "
+                              "expected a state dict of tensors (torch.save(model.state_dict(), path))") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

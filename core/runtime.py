@@ -10,19 +10,38 @@ from core.config_schema import ConfigError
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda:N`` must exist."""
+    """``auto`` -> CUDA when present, else CPU; a named device must exist here (never a silent CPU run)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train_args.device = {name!r}: expected auto, cpu or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train_args.device = {name!r}: expected auto, cpu, mps, cuda or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train_args.device = {name!r}: no MPS device on this machine (use auto or cpu)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train_args.device = {name!r}: no CUDA device on this machine (use auto or cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"train_args.device = {name!r}: only {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device``: the GPU's own, or for the CPU the machine's RAM (or its cgroup limit)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:  # no cgroup v2 limit here
+        pass
+    return total
 
 
 def seed_everything(seed: int) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Optional
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -143,12 +144,14 @@ class ImageDataset(Dataset):
         self.files = []
         skipped = 0
         for path in filenames:
-            if os.path.isfile(path) and os.path.getsize(path) > 0:
+            # haveImageReader reads only the file's signature: a cheap check at start, not a decode
+            if os.path.isfile(path) and os.path.getsize(path) > 0 and cv2.haveImageReader(path):
                 self.files.append(path)
             else:
-                logger.warning("skipping %s: empty or missing image file", path)
+                logger.warning("skipping %s: empty, missing or not an image file", path)
                 skipped += 1
         self.skipped = skipped
+        self.folder = folder
         self._bad = set()
         if not self.files:
             raise ConfigError(f"{folder}: no usable image files ({len(filenames)} files, {skipped} skipped)")
@@ -189,7 +192,7 @@ class ImageDataset(Dataset):
                 self._bad.add(path)
                 logger.warning("skipping %s: not a readable image (%d unreadable so far)", path, len(self._bad))
             if image is None:
-                raise RuntimeError(f"no readable image among {len(self.files)} files")
+                raise ConfigError(f"{self.folder}: no readable image among {len(self.files)} files")
             place = None if places[offset] is None else tuple(places[offset])
             frames.append(crop_clip(image, self.size, place))
             paths.append(path)

@@ -3,6 +3,7 @@ and the share of them each shard x DDP rank trains on."""
 import os
 from typing import Optional, Union
 
+from core.config import Config
 from core.config_schema import ConfigError
 from data_utils.sample_data import builtin_files, is_builtin
 
@@ -79,3 +80,17 @@ def shard_starts(starts: list, part: int, parts: int) -> list:
             segments.append((i, lo, hi))
         offset += count
     return segments
+
+
+def config_data_files(config: Config) -> tuple:
+    """``(training files, validation files)`` a config names: ``data_process`` if set, else the
+    ``data_args`` lists (folders, files or ``builtin:`` samples either way); ``ConfigError`` if none."""
+    if config.data_process is not None:
+        sources = ((config.data_process.train, "data_process.train"), (config.data_process.vaild, "data_process.vaild"))
+    else:
+        sources = ((config.data_args.training_data_files, "data_args.training_data_files"),
+                   (config.data_args.validation_data_files, "data_args.validation_data_files"))
+    train_files, valid_files = (resolve_data_files(spec, config.use_images, key) for spec, key in sources)
+    if not train_files:
+        raise ConfigError(f"{config.source}: no training data: set data_process.train or data_args.training_data_files")
+    return train_files, valid_files

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -24,6 +25,8 @@ from einops import rearrange
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.io import write_png
 from tqdm import tqdm
+
+from core.atomic_files import atomic_write, storage_error
 
 LOGGER_NAME = "vqvc"
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
@@ -96,7 +99,9 @@ class LogManager:
     weights, ...) reach the same file; ``self.logger`` ('vqvc') also logs DEBUG there, and only
     there: the console (one ``ConsoleHandler``, shared with the entry point) shows INFO and above.
     ``resume`` is the seed's argument: wandb always resumes a run of the same id
-    ("allow"), so a resumed training continues its curves.
+    ("allow"), so a resumed training continues its curves. With ``start_wandb=False`` wandb
+    waits for ``start_run``, which the trainer calls with the run id stored in the checkpoint
+    it resumes from (or none, for a new run).
     """
 
     def __init__(
@@ -110,9 +115,12 @@ class LogManager:
         wandb_dir: Optional[str] = None,
         is_main: bool = True,
         use_tensorboard: bool = False,
+        start_wandb: bool = True,
     ):
         self.log_dir = log_dir
         self.is_main = is_main
+        self.id_name = id_name
+        self.run_id: Optional[str] = id_name if start_wandb else None
         self.metrics_path = os.path.join(log_dir, METRICS_FILE)
         self.log_file: Optional[str] = None
         self._handlers: list = []
@@ -121,14 +129,30 @@ class LogManager:
         if is_main:
             os.makedirs(log_dir, exist_ok=True)
         self.logger = self._build_logger()
-        if is_main and use_wandb:
-            self._start_wandb(project_name, config, id_name, wandb_dir or log_dir)
+        self._wandb_settings = (project_name, config, wandb_dir or log_dir) if is_main and use_wandb else None
+        if self._wandb_settings and start_wandb:
+            self._start_wandb(*self._wandb_settings[:2], id_name, self._wandb_settings[2])
         self.tensorboard = None
         if is_main and use_tensorboard:
             # optional heavy dependency, imported only when asked for
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(log_dir)
+
+    def start_run(self, run_id: Optional[str] = None, step: int = 0) -> str:
+        """Log from ``step`` on as run ``run_id`` (None: a new run, a new id); returns the id.
+
+        ``metrics.jsonl`` keeps what was logged before ``step`` (a resumed run writes each step
+        once), and wandb, if on, continues the run of that id -- only a resume passes one.
+        """
+        if run_id is None and self.run_wandb is not None:
+            run_id = self.run_wandb.id  # wandb started with the manager (the seed's way): keep its id
+        self.run_id = run_id or new_run_id(self.id_name)
+        if self.is_main:
+            rewind_metrics(self.metrics_path, step)
+            if self._wandb_settings and self.run_wandb is None:
+                self._start_wandb(*self._wandb_settings[:2], self.run_id, self._wandb_settings[2])
+        return self.run_id
 
     # -- local logging ---------------------------------------------------------
     def _build_logger(self) -> logging.Logger:
@@ -160,8 +184,11 @@ class LogManager:
         if not self.is_main:
             return
         values = {key: _plain(value) for key, value in metrics.items()}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": int(step), **values}) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": int(step), **values}) + "\n")
+        except OSError as err:  # a full disk or a folder made read-only: one line, not a traceback
+            raise storage_error(self.metrics_path, err) from None
         if self.run_wandb is not None:
             self.run_wandb.log({k: v for k, v in values.items() if v is not None}, step=int(step))
         if self.tensorboard is not None:
@@ -285,6 +312,35 @@ def reconstruction_grid(images, images_recon, d: int, unnormalize, n_show: int =
             draw.rectangle(draw.textbbox((x, y), label, font=font), fill="black")
             draw.text((x, y), label, fill="white", font=font)
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def new_run_id(base: str = "") -> str:
+    """A new wandb-safe run id: ``base`` (e.g. ``build_id_name``) and a random suffix, at most 64 characters."""
+    suffix = secrets.token_hex(4)
+    return f"{base[: WANDB_ID_MAX_LEN - len(suffix) - 1]}-{suffix}" if base else suffix
+
+
+def rewind_metrics(path: str, step: int) -> int:
+    """Drop what ``metrics.jsonl`` holds from ``step`` on (validation at ``step`` included: the resumed
+    run validates there again), and torn lines of a killed writer; returns how many lines went."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+                at = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if at < step or (at == step and not any(str(k).startswith("val/") for k in record)):
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        atomic_write(path, lambda fh: fh.write("".join(kept).encode("utf-8")))
+    return dropped
 
 
 def _wandb_reachable(timeout: float = WANDB_PROBE_SECONDS) -> bool:

@@ -12,9 +12,18 @@ from einops import rearrange
 from torch import nn
 
 from core.checkpoint import CheckpointError
+from core.config_schema import Invalid
 from core.indices import Indices, as_level_list
 from core.pixels import to_model_range, to_pixel_range
 from models.code_prior import CodePrior, CodePriorCounter
+
+
+def check_rgb_channels(args: Any) -> None:
+    """The data loader gives RGB frames: a model of other ``input_channels``/``output_channels`` cannot train on them."""
+    for key in ("input_channels", "output_channels"):
+        value = getattr(args, key, 3)
+        if value != 3:
+            raise Invalid(f"model_args.{key} = {value}: expected 3 (the data loader gives RGB frames)")
 
 
 class VQOutput(NamedTuple):
@@ -106,6 +115,7 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
     @classmethod
     def check_config(cls, config: Any) -> None:
         """Cross-section checks of the whole config (raise ``core.config_schema.Invalid``)."""
+        check_rgb_channels(config.model_args)
 
     # -- clips in, frames for the model ---------------------------------------------
     def clips_to_input(self, clips: torch.Tensor) -> torch.Tensor:

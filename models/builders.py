@@ -42,14 +42,19 @@ def resolve_adapter(model_type: str) -> type:
         ) from None
 
 
+# one name per family, for the warning about a key another family understands
+FAMILIES = {"VqVae2": VqVae2Adapter, "VQVAE2": VQVAEAdapter, "VQVAE2_OptVQ": VqvaeOptVQAdapter,
+            "TamingVQGAN": TamingVQGANAdapter}
+
+
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:
     """Validate parsed JSON ``data`` into a ``Config`` (``model_args`` by the family's own class)."""
-    return parse_config(data, resolve_adapter, source)
+    return parse_config(data, resolve_adapter, source, families=FAMILIES)
 
 
 def load_config(path: str, overrides: Iterable[str] = ()) -> Config:
     """Read and validate the config file at ``path``, with ``--set`` items (``KEY=VALUE``) applied."""
-    return read_config(path, resolve_adapter, overrides)
+    return read_config(path, resolve_adapter, overrides, families=FAMILIES)
 
 
 def create_model(config: Config) -> BaseVqVaeAdapter:

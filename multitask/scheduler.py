@@ -3,7 +3,11 @@
 The pool knows nothing about training: a job is a name, a function giving its
 argument list for a slot, and a log file. A slot is a place to run (a GPU, a CPU
 share) with the environment a job gets there (``CUDA_VISIBLE_DEVICES``). A failed
-job is queued again until it has used its retries; it never stops the others.
+job is queued again (with its ``retry_command``, e.g. one that resumes) until it has
+used its retries, unless its exit code says a retry cannot help (``core.exit_codes``:
+bad input, unwritable storage, interrupted); it never stops the others. A job running
+longer than ``timeout_s`` is asked to save and stop (SIGINT), and terminated after the
+grace period. Every outcome carries a one-line reason.
 
 Ctrl-C (SIGINT) or SIGTERM to the pool: no new job starts, each running child is
 sent SIGINT once (the trainer saves a checkpoint and exits), and children still
@@ -14,6 +18,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -22,6 +27,8 @@ import time
 from typing import Callable, Optional
 
 import attrs
+
+from core import exit_codes
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +49,20 @@ class Job:
     name: str  # unique among the jobs of one run
     command: Callable[[Slot], list]  # the argument list on a slot; never a shell string
     log_path: str  # stdout and stderr of every attempt
+    retry_command: Optional[Callable[[Slot], list]] = None  # for attempts after the first (default: command)
 
 
 @attrs.define
 class Outcome:
     name: str
     log_path: str
-    status: str = "cancelled"  # succeeded | failed | interrupted | cancelled (never started)
+    status: str = "cancelled"  # succeeded | failed | interrupted | timed_out | cancelled (never started)
     device: str = ""  # slot label of the last attempt
     exit_code: Optional[int] = None  # of the last attempt; negative: killed by that signal
     attempts: int = 0
     duration_s: float = 0.0  # all attempts together
     started_at: Optional[float] = None  # wall-clock time of the first attempt
+    reason: str = ""  # one line: why it ended as it did (empty when it succeeded)
 
 
 @attrs.define
@@ -62,20 +71,24 @@ class _Running:
     slot_index: int
     process: subprocess.Popen
     started: float
+    stop_sent: Optional[float] = None  # when it was asked to save and stop for its time limit
+    terminated_at: Optional[float] = None
 
 
-def run_jobs(jobs: list, slots: list, retries: int = 0, grace_s: float = 60.0, poll_s: float = 0.05) -> list:
+def run_jobs(jobs: list, slots: list, retries: int = 0, grace_s: float = 60.0, poll_s: float = 0.05,
+             timeout_s: Optional[float] = None) -> list:
     """Run ``jobs`` with at most one per slot at a time; one ``Outcome`` per job, in order.
 
     A slot listed twice takes two jobs at once. A job that exits non-zero (or cannot
-    start) runs again, up to ``retries`` more times.
+    start) runs again, up to ``retries`` more times, unless its exit code is one of
+    ``exit_codes.NOT_RETRIED``. ``timeout_s``: per attempt, then SIGINT, ``grace_s``, SIGTERM.
     """
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"job names must be unique: {names}")
     if not slots:
         raise ValueError("no slots to run jobs on")
-    pool = _Pool(slots=list(slots), retries=retries, grace_s=grace_s, poll_s=poll_s)
+    pool = _Pool(slots=list(slots), retries=retries, grace_s=grace_s, poll_s=poll_s, timeout_s=timeout_s)
     return pool.run(jobs)
 
 
@@ -85,6 +98,7 @@ class _Pool:
     retries: int
     grace_s: float
     poll_s: float
+    timeout_s: Optional[float] = None
     free: list = attrs.Factory(list)  # indices into slots
     queue: collections.deque = attrs.Factory(collections.deque)
     running: list = attrs.Factory(list)
@@ -100,6 +114,7 @@ class _Pool:
                 while self.queue and self.free and not self.stop_requests:
                     self._start(self.queue.popleft(), self.free.pop(0))
                 self._collect()
+                self._enforce_time_limit()
                 time.sleep(self.poll_s)
             if self.stop_requests:
                 self._shut_down()
@@ -116,7 +131,7 @@ class _Pool:
         outcome.device = slot.label
         if outcome.started_at is None:
             outcome.started_at = time.time()
-        command = job.command(slot)
+        command = (job.retry_command or job.command)(slot) if outcome.attempts > 1 else job.command(slot)
         parent = os.path.dirname(job.log_path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -136,10 +151,10 @@ class _Pool:
                 )
             except OSError as err:  # e.g. no such program: a failed attempt like any other
                 log_file.write(f"# cannot start: {err}\n")
-                process = None
+                process, reason = None, f"cannot start: {err}"
         if process is None:
             self.free.append(slot_index)
-            self._settle(job, exit_code=None, seconds=0.0)
+            self._settle(job, exit_code=None, seconds=0.0, reason=reason)
             return
         log.info("%s: started on %s (attempt %d of %d)", job.name, slot.label, outcome.attempts, self.retries + 1)
         self.running.append(_Running(job, slot_index, process, started))
@@ -152,23 +167,48 @@ class _Pool:
                 continue
             self.running.remove(run)
             self.free.append(run.slot_index)
-            self._settle(run.job, exit_code, time.monotonic() - run.started)
+            self._settle(run.job, exit_code, time.monotonic() - run.started, timed_out=run.stop_sent is not None)
 
-    def _settle(self, job: Job, exit_code: Optional[int], seconds: float) -> None:
+    def _enforce_time_limit(self) -> None:
+        """Past ``timeout_s``: ask to save and stop (SIGINT); past the grace period too: SIGTERM, then SIGKILL."""
+        if self.timeout_s is None:
+            return
+        now = time.monotonic()
+        for run in self.running:
+            if run.stop_sent is None:
+                if now - run.started > self.timeout_s:
+                    log.warning("%s: task_timeout of %g s reached: asking it to save and stop", run.job.name,
+                                self.timeout_s)
+                    run.process.send_signal(signal.SIGINT)
+                    run.stop_sent = now
+            elif run.terminated_at is None and now - run.stop_sent > self.grace_s:
+                log.warning("%s: still running %g s after its time limit, terminating it", run.job.name, self.grace_s)
+                run.process.terminate()
+                run.terminated_at = now
+            elif run.terminated_at is not None and now - run.terminated_at > TERMINATE_WAIT_S:
+                run.process.kill()
+
+    def _settle(self, job: Job, exit_code: Optional[int], seconds: float, timed_out: bool = False,
+                reason: str = "") -> None:
         outcome = self.outcomes[job.name]
         outcome.exit_code = exit_code
         outcome.duration_s += seconds
         with open(job.log_path, "a", encoding="utf-8") as log_file:
             log_file.write(f"# exit code {exit_code} after {seconds:.1f} s\n")
-        if self.stop_requests:
-            outcome.status = "interrupted"
-            log.warning("%s: interrupted (exit code %s)", job.name, exit_code)
-        elif exit_code == 0:
+        outcome.reason = "" if exit_code == 0 else reason or exit_reason(exit_code, job.log_path)
+        if exit_code == 0:
             outcome.status = "succeeded"
             log.info("%s: succeeded in %.1f s", job.name, seconds)
+        elif timed_out:
+            outcome.status = "timed_out"
+            outcome.reason = f"task_timeout ({self.timeout_s:g} s) reached; {outcome.reason}"
+            log.warning("%s: stopped at its time limit (exit code %s)", job.name, exit_code)
+        elif self.stop_requests or exit_code == exit_codes.INTERRUPTED:
+            outcome.status = "interrupted"
+            log.warning("%s: interrupted (exit code %s)", job.name, exit_code)
         else:
             outcome.status = "failed"
-            retry = outcome.attempts <= self.retries
+            retry = outcome.attempts <= self.retries and exit_code not in exit_codes.NOT_RETRIED
             log.warning("%s: failed (exit code %s, log %s)%s", job.name, exit_code, job.log_path,
                         ", queued again" if retry else "")
             if retry:
@@ -197,6 +237,33 @@ class _Pool:
             self._collect()
             time.sleep(self.poll_s)
         self._collect()
+
+
+LOG_PREFIX = re.compile(r"^.*? - (?:ERROR|CRITICAL) - |^(?:ERROR|CRITICAL):[\w.]*:")
+REASON_MAX = 200
+
+
+def exit_reason(exit_code: Optional[int], log_path: str) -> str:
+    """One line for an exit code: a signal's name, the meaning of an ``exit_codes`` code, or the log's last line."""
+    if exit_code is not None and exit_code < 0:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    if exit_code == exit_codes.INTERRUPTED:
+        return "stopped with a checkpoint saved: resume to continue"
+    line = last_line(log_path)
+    return line or f"exit code {exit_code}"
+
+
+def last_line(log_path: str) -> str:
+    """The last line a job printed (its error, or a traceback's last line), without the logging prefix."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 8192))
+            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    text = LOG_PREFIX.sub("", lines[-1]) if lines else ""
+    return text if len(text) <= REASON_MAX else text[:REASON_MAX - 3] + "..."
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ file and the key. A folder without ``config.json`` runs every task with the defa
 import glob
 import json
 import os
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import attrs
 
@@ -26,8 +26,10 @@ class MultitaskConfig:
     tasks: Union[str, list[str]] = "*.json"
     retries: int = attrs.field(default=1, validator=non_negative)  # extra attempts after a failure
     log_dir: str = "runs/multitask"  # one log per task, and summary.json
-    # After Ctrl-C, how long tasks get to save a checkpoint before they are terminated.
+    # After Ctrl-C (or task_timeout), how long tasks get to save a checkpoint before they are terminated.
     grace_seconds: float = attrs.field(default=60.0, validator=non_negative)
+    # Seconds a task may train (per attempt) before it is asked to save and stop; null: no limit.
+    task_timeout: Optional[float] = attrs.field(default=None, validator=positive)
 
     def __attrs_post_init__(self):
         if isinstance(self.gpus, list):

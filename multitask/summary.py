@@ -23,6 +23,7 @@ COLUMNS = [  # (row key, header)
     ("duration_s", "duration s"),
     ("best_val_psnr", "best val PSNR"),
     ("last_checkpoint", "last checkpoint"),
+    ("reason", "reason"),
 ]
 
 
@@ -60,6 +61,7 @@ def summary_row(outcome: Outcome, run_dir: Optional[str] = None, error: Optional
         "last_checkpoint": run.get("last_checkpoint"),
         "log": outcome.log_path,
         "error": error,
+        "reason": error or outcome.reason,
     }
 
 
@@ -75,7 +77,7 @@ def format_table(rows: list) -> str:
 
 def write_summary(path: str, rows: list) -> None:
     """``summary.json``: every row, and whether the run was cut short; replaced atomically."""
-    interrupted = any(row["status"] in ("interrupted", "cancelled") for row in rows)
+    interrupted = any(row["status"] in ("interrupted", "cancelled", "timed_out") for row in rows)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as fh:

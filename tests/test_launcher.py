@@ -217,14 +217,16 @@ def test_run_plan_runs_valid_tasks_and_records_the_rest(tmp_path):
     plan = make_plan(str(task_folder(tmp_path, broken=True, cpu_concurrency=2, retries=1)))
     seen = []
 
-    def fake_command(task, slot):
-        seen.append((task.name, slot.device, slot.env["CUDA_VISIBLE_DEVICES"]))
+    def fake_command(task, slot, resume=False):
+        seen.append((task.name, slot.device, slot.env["CUDA_VISIBLE_DEVICES"], resume))
         code = 1 if task.name == "vqvae2_k512" else 0
         return [sys.executable, "-c", FAKE_TRAINING, task.run_dir, str(code)]
 
     rows = run_plan(plan, command=fake_command)
 
-    assert sorted(seen) == [("vqvae2_k512", "cpu", ""), ("vqvae2_k512", "cpu", ""), ("vqvae2_k64", "cpu", "")]
+    # the retry resumes (from the task's newest good checkpoint)
+    assert sorted(seen) == [("vqvae2_k512", "cpu", "", False), ("vqvae2_k512", "cpu", "", True),
+                            ("vqvae2_k64", "cpu", "", False)]
     by_task = {row["task"]: row for row in rows}
     assert [row["task"] for row in rows] == ["broken", "vqvae2_k512", "vqvae2_k64"]
     assert (by_task["broken"]["status"], by_task["broken"]["attempts"]) == ("invalid", 0)
@@ -238,3 +240,60 @@ def test_run_plan_runs_valid_tasks_and_records_the_rest(tmp_path):
     assert os.path.exists(k64["log"])
     saved = json.loads((tmp_path / "logs" / "summary.json").read_text())
     assert saved == {"interrupted": False, "tasks": rows}
+
+
+def test_dry_run_checks_data_paths_and_run_folders_of_every_task(tmp_path, capsys, no_processes):
+    folder = task_folder(tmp_path)
+    task = json.loads((folder / "vqvae2_k512.json").read_text())
+    task["data_process"]["train"] = str(tmp_path / "no_such_folder")
+    (folder / "vqvae2_k512.json").write_text(json.dumps(task))
+    used = tmp_path / "runs" / "multitask_vqvae2_k64"
+    used.mkdir(parents=True)
+    (used / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier batch trained there
+    assert main.main(["--mode", "multi", "--dir", str(folder), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    k512 = next(line for line in lines if "vqvae2_k512" in line)
+    k64 = next(line for line in lines if "vqvae2_k64.json" in line)
+    assert "NOT RUN" in k512 and "data_process.train" in k512 and "no_such_folder" in k512
+    assert "NOT RUN" in k64 and "already holds a run" in k64
+    assert main.main(["--mode", "multi", "--dir", str(folder), "--dry-run", "--resume"]) == 0
+    k64 = next(line for line in capsys.readouterr().out.splitlines() if "vqvae2_k64.json" in line)
+    assert "NOT RUN" not in k64
+
+
+# Trains the task in a child process and SIGKILLs it once its first checkpoint is on disk.
+KILLED_AFTER_FIRST_SAVE = """
+import os, signal, subprocess, sys, time
+command, checkpoints = sys.argv[1:-1], sys.argv[-1]
+child = subprocess.Popen(command)
+while child.poll() is None and not any(n.startswith("checkpoint_step") for n in os.listdir(checkpoints)
+                                       if os.path.isdir(checkpoints)):
+    time.sleep(0.05)
+child.send_signal(signal.SIGKILL)
+child.wait()
+sys.exit(1)
+"""
+
+
+def test_a_retry_resumes_the_task_from_its_newest_good_checkpoint(tmp_path):
+    folder = task_folder(tmp_path, retries=1)
+    for name in EXAMPLE_TASKS[1:]:
+        os.remove(folder / name)
+    task = json.loads((folder / "vqvae2_k64.json").read_text())
+    task["train_args"].update(num_steps=6, save_interval=2, validation_interval=100, device="cpu")
+    (folder / "vqvae2_k64.json").write_text(json.dumps(task))
+    run_dir = tmp_path / "runs" / "multitask_vqvae2_k64"
+
+    def command(task, slot, resume=False):
+        real = plan_module.training_command(task, slot, resume)
+        if resume:
+            return real
+        os.makedirs(run_dir / "checkpoints", exist_ok=True)
+        return [sys.executable, "-c", KILLED_AFTER_FIRST_SAVE, *real, str(run_dir / "checkpoints")]
+
+    (row,) = run_plan(make_plan(str(folder)), command=command)
+    assert (row["status"], row["attempts"]) == ("succeeded", 2)
+    log_text = open(row["log"]).read()
+    second_attempt = log_text.split("# attempt 2 of 2")[1]
+    assert "resumed from" in second_attempt and "checkpoint_step" in second_attempt
+    assert json.loads((run_dir / "run_summary.json").read_text())["steps"] == 6

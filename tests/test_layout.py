@@ -14,7 +14,7 @@ FLOORS = {
     "log_utils": {"core", "log_utils"},
     "models": {"core", "data_utils", "metric_utils", "log_utils", "models"},
     "codec": {"core", "data_utils", "metric_utils", "log_utils", "models", "codec"},
-    "multitask": {"core", "models", "multitask"},
+    "multitask": {"core", "data_utils", "models", "multitask"},
     "train": {"core", "data_utils", "metric_utils", "log_utils", "models", "codec", "train"},
 }
 TOP = ("vqvc",)  # the command and the library facade: may import every floor, like main.py

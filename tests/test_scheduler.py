@@ -138,12 +138,12 @@ def test_summary_rows_match_what_ran_and_read_the_run_summary(tmp_path):
     assert rows[0] | {"duration_s": None} == {
         "task": "fine", "device": "cpu", "status": "succeeded", "exit_code": 0, "attempts": 1,
         "duration_s": None, "best_val_psnr": 21.24, "last_checkpoint": "ckpt_5.pt",
-        "log": str(tmp_path / "fine.log"), "error": None,
+        "log": str(tmp_path / "fine.log"), "error": None, "reason": "",
     }
     assert (rows[1]["status"], rows[1]["exit_code"], rows[1]["best_val_psnr"]) == ("failed", 2, None)
     table = format_table(rows).splitlines()
     assert table[0].split() == ["task", "device", "status", "exit", "attempts", "duration", "s", "best",
-                                "val", "PSNR", "last", "checkpoint"]
+                                "val", "PSNR", "last", "checkpoint", "reason"]
     assert table[2].split()[:5] == ["fine", "cpu", "succeeded", "0", "1"]
     assert table[2].split()[-2:] == ["21.24", "ckpt_5.pt"]
     assert table[3].split()[:5] == ["broken", "cpu", "failed", "2", "1"]
@@ -210,3 +210,48 @@ def test_sigint_is_forwarded_once_then_stragglers_are_terminated(tmp_path, child
     assert sleeper["exit_code"] == (130 if child_exits else -signal.SIGTERM)
     assert (queued["status"], queued["attempts"]) == ("cancelled", 0)
     assert "SIGINT" in stderr
+
+
+# -- exit codes, retries that resume, time limits, reasons --------------------------------------------
+
+def exiting_job(tmp_path, name, code, message="", retry_code=None):
+    """Prints ``message`` (as the trainer logs its one-line error) and exits with ``code``; a retry, ``retry_code``."""
+    script = "import sys; print(sys.argv[1], flush=True); sys.exit(int(sys.argv[2]))"
+    log_path = str(tmp_path / f"{name}.log")
+    retry = None if retry_code is None else (lambda slot: [sys.executable, "-c", script, "resumed", str(retry_code)])
+    return Job(name, lambda slot: [sys.executable, "-c", script, message, str(code)], log_path, retry_command=retry)
+
+
+def test_exit_code_75_is_interrupted_and_2_is_not_retried_and_both_say_why(tmp_path):
+    jobs = [exiting_job(tmp_path, "stopped", 75, "SIGTERM received: saved"),
+            exiting_job(tmp_path, "bad", 2, "2025-01-01 00:00:00,000 - vqvc - ERROR - cfg.json: model_args.x = 1: "
+                                              "expected 2"),
+            exiting_job(tmp_path, "crashed", 1, "RuntimeError: boom", retry_code=0)]
+    outcomes = {o.name: o for o in run_jobs(jobs, [Slot("cpu", "cpu")], retries=2, poll_s=0.01)}
+    assert (outcomes["stopped"].status, outcomes["stopped"].attempts) == ("interrupted", 1)
+    assert "checkpoint saved" in outcomes["stopped"].reason
+    assert (outcomes["bad"].status, outcomes["bad"].attempts) == ("failed", 1)
+    assert outcomes["bad"].reason == "cfg.json: model_args.x = 1: expected 2"
+    # a retry runs the retry command (the trainer's: resume from the newest good checkpoint)
+    assert (outcomes["crashed"].status, outcomes["crashed"].attempts) == ("succeeded", 2)
+    assert "resumed" in (tmp_path / "crashed.log").read_text()
+
+
+def test_a_task_past_its_time_limit_is_asked_to_save_and_stop(tmp_path):
+    saves_on_sigint = textwrap.dedent("""
+        import signal, sys, time
+        signal.signal(signal.SIGINT, lambda *a: (print("saved", flush=True), sys.exit(75)))
+        time.sleep(60)
+    """)
+    job = Job("slow", lambda slot: [sys.executable, "-c", saves_on_sigint], str(tmp_path / "slow.log"))
+    (outcome,) = run_jobs([job], [Slot("cpu", "cpu")], retries=1, poll_s=0.01, timeout_s=1.0, grace_s=30)
+    assert (outcome.status, outcome.exit_code, outcome.attempts) == ("timed_out", 75, 1)
+    assert "task_timeout (1 s)" in outcome.reason and "saved" in (tmp_path / "slow.log").read_text()
+    assert outcome.duration_s < 30
+
+
+def test_a_task_killed_by_a_signal_says_which(tmp_path):
+    job = Job("killed", lambda slot: [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+              str(tmp_path / "killed.log"))
+    (outcome,) = run_jobs([job], [Slot("cpu", "cpu")], poll_s=0.01)
+    assert outcome.reason == "killed by SIGKILL"

@@ -3,6 +3,7 @@ import inspect
 import json
 import os
 
+import attrs
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -84,8 +85,11 @@ def test_translation_table():
 
 
 def test_translated_args_reach_the_model():
-    adapter = vqvae2((2,), input_channels=1, output_channels=2, n_hid=12, n_init=6, vocab_size=7,
-                     decay=0.9, commitment_cost=0.5, dead_code_threshold=0.25)
+    # the model takes any channel counts; a training config must say 3 (RGB frames), so build it directly
+    config = contract.make_config("VQVAE2", [2])
+    args = attrs.evolve(config.model_args, input_channels=1, output_channels=2, n_hid=12, n_init=6, vocab_size=7,
+                        decay=0.9, commitment_cost=0.5, dead_code_threshold=0.25)
+    adapter = VQVAEAdapter(args, config)
     quantizer = adapter.model.quantizers[0]
     assert tuple(quantizer.codebook.shape) == (7, 6)
     assert (quantizer.decay, quantizer.commitment_cost, quantizer.dead_code_threshold) == (0.9, 0.5, 0.25)

@@ -4,15 +4,13 @@ The trainer hands over payloads (``TrainVqVae.training_state``); this class deci
 keeps the last ``keep_last`` step checkpoints and one ``best_<metric>`` file per metric, and
 finds the checkpoint to resume from. Only rank 0 writes.
 """
-import json
 import logging
 import math
 import os
 from typing import Callable, Optional
 
-from core.atomic_files import remove_orphaned_temp_files
-from core.checkpoint import checkpoint_name, find_resumable, load_checkpoint, prune_checkpoints, save_checkpoint
-from core.checkpoint import verify_checkpoint
+from core.atomic_files import atomic_write_json, remove_orphaned_temp_files
+from core.checkpoint import RunCheckpoints, find_resumable, load_checkpoint, save_checkpoint, verify_checkpoint
 from core.config import TrainArgs
 
 # Validation metrics kept as best checkpoints: which direction is better, and the file name.
@@ -40,28 +38,36 @@ class RunFiles:
         self.is_main = is_main
         self.best: dict = {}
         self.last_checkpoint: Optional[str] = None
+        self.checkpoints = RunCheckpoints(self.checkpoint_dir, args.keep_last)  # prunes this run's files only
         if is_main and remove_orphaned_temp_files(self.checkpoint_dir):
             logger.warning("removed the partial file of a killed save in %s", self.checkpoint_dir)
 
     def checkpoint_to_resume(self, device) -> Optional[tuple]:
-        """``(path, checkpoint)`` named by ``checkpoint_path``, or found by ``resume: auto``; else None."""
+        """``(path, checkpoint)`` to resume from, else None.
+
+        With ``resume: auto`` the run folder's newest good checkpoint comes first (a retried or
+        restarted run continues where it stopped), then ``checkpoint_path`` (where it started).
+        """
+        found = find_resumable(self.checkpoint_dir, device) if self.args.resume == "auto" else None
+        if found:
+            return found
         path = self.args.checkpoint_path
         if path:
             return path, verify_checkpoint(load_checkpoint(path, device, self.args.allow_unsafe_load), path)
         if self.args.resume == "auto":
-            found = find_resumable(self.checkpoint_dir, device)
-            if found is None:
-                self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
-            return found
+            self.logger.info("resume: auto found no checkpoint in %s; starting fresh", self.checkpoint_dir)
         return None
+
+    def adopt(self, path: str, ckpt: dict) -> None:
+        """Continue the run ``ckpt`` (read from ``path``) belongs to: its step files are ours to prune."""
+        self.checkpoints.adopt(path, ckpt)
+        self.last_checkpoint = path
 
     def save(self, payload: dict, step: int) -> Optional[str]:
         """Write ``checkpoint_step{step}.pth.tar`` and keep the last ``keep_last``."""
         if not self.is_main:
             return None
-        path = os.path.join(self.checkpoint_dir, checkpoint_name(step))
-        save_checkpoint(payload, path)
-        prune_checkpoints(self.checkpoint_dir, self.args.keep_last)
+        path = self.checkpoints.save(payload, step)
         self.last_checkpoint = path
         self.logger.info("checkpoint step %d -> %s (%.1f MB)", step, path, os.path.getsize(path) / 2**20)
         return path
@@ -78,7 +84,7 @@ class RunFiles:
             if best is None or (value > best if direction == "max" else value < best):
                 self.best[key] = value
                 improved.append(key)
-        if improved and step > 0 and self.is_main:
+        if improved and self.is_main:  # step 0 too: if it is never beaten, its file exists
             state = {k: v for k, v in payload().items() if k not in RESUME_ONLY_KEYS}
             for key in improved:
                 name = BEST_METRICS[key][1]
@@ -90,7 +96,5 @@ class RunFiles:
         summary = {"status": status, "steps": step, "last_checkpoint": self.last_checkpoint,
                    "best": dict(self.best), **extra}
         if self.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            with open(os.path.join(self.run_dir, SUMMARY_FILE), "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2)
+            atomic_write_json(os.path.join(self.run_dir, SUMMARY_FILE), summary)
         return summary

@@ -15,16 +15,20 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from core import exit_codes
+from core.atomic_files import StorageError
 from core.checkpoint import CheckpointError
 from core.config import Config, ConfigError
+from core.run_folder import prepare_run_dir
 from core.runtime import seed_everything, select_device, set_deterministic
-from data_utils.files import compose_shards, resolve_data_files
+from data_utils.files import compose_shards, config_data_files
 from data_utils.loader import build_loader
 from log_utils.log_utils import LogManager, build_id_name, setup_console
 from log_utils.plot import plot_run
 from metric_utils.metric_utils import Metrics, resolve_metric_weights
 from models.architecture import analyze_model_architecture
 from models.builders import create_model, load_config
+from models.footprint import check_fits_in_memory
 from models.perceptual import build_lpips
 from train.losses import uses_perceptual
 from train.optim import describe_lr
@@ -62,17 +66,6 @@ def init_distributed(device: torch.device) -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
-def _data_files(config: Config) -> tuple:
-    data_args = config.data_args
-    train_files, valid_files = data_args.training_data_files, data_args.validation_data_files
-    if config.data_process is not None:
-        train_files = resolve_data_files(config.data_process.train, config.use_images, "data_process.train")
-        valid_files = resolve_data_files(config.data_process.vaild, config.use_images, "data_process.vaild")
-    if not train_files:
-        raise ConfigError(f"{config.source}: no training data: set data_process.train or data_args.training_data_files")
-    return train_files, valid_files
-
-
 def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVqVae:
     """Everything ``train_videos`` wires together, without running it (tests use this)."""
     args = config.train_args
@@ -86,17 +79,22 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
         torch.backends.cudnn.allow_tf32 = True
     set_deterministic(args.deterministic)
     seed_everything(config.data_args.seed)
+    if args.scale_lr:  # as upstream Taming's main.py: base rate x batch size x processes x accumulated batches
+        args = attrs.evolve(args, lr=args.lr * config.data_args.batch_size * ctx.world_size * args.grad_accum_steps)
+        config = attrs.evolve(config, train_args=args)
 
+    # Everything that can fail on input is checked before the model is built or data read.
+    prepare_run_dir(config, create=ctx.is_main)
+    train_files, valid_files = config_data_files(config)
+    check_fits_in_memory(config, device)
     log_mgr = LogManager(config.run_dir, use_wandb=config.use_wandb, project_name=config.project_name,
                          config=config.to_dict(), resume=args.resume == "auto", id_name=build_id_name(config),
-                         wandb_dir=args.wandb_dir, is_main=ctx.is_main, use_tensorboard=config.use_tensorboard)
+                         wandb_dir=args.wandb_dir, is_main=ctx.is_main, use_tensorboard=config.use_tensorboard,
+                         start_wandb=False)  # the trainer starts it, with the run id of a resumed checkpoint
     log = log_mgr.logger
     log.info("config %s: model %s, device %s, run folder %s", config.source, config.model_type, device, config.run_dir)
     if ctx.is_main:  # what this run really uses: defaults filled in, --set applied
         config.save_resolved(os.path.join(config.run_dir, RESOLVED_CONFIG))
-
-    # Everything that can fail on input is checked before the model is built or data read.
-    train_files, valid_files = _data_files(config)
     use_fid, use_lpips = False, False
     if ctx.is_main and valid_files:
         use_fid, use_lpips = resolve_metric_weights(args, log)
@@ -140,9 +138,11 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
     return trainer
 
 
-def train_videos(device_override=None, config_path="param.json", overrides=()) -> dict:
+def train_videos(device_override=None, config_path="param.json", overrides=(), resume: bool = False) -> dict:
     """Train the model ``config_path`` (with ``--set`` items ``overrides``) describes; returns the run summary."""
     config = load_config(config_path, overrides)
+    if resume:  # continue from the newest good checkpoint of the run folder (train_args.resume = "auto")
+        config = attrs.evolve(config, train_args=attrs.evolve(config.train_args, resume="auto"))
     trainer = build_trainer(config, device_override)
     try:
         summary = trainer.train()
@@ -165,21 +165,29 @@ def add_override_option(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None, prog=None) -> int:
+    """Train; the exit status is one of ``core.exit_codes`` (0 finished, 2 bad input, 75 interrupted, ...)."""
     parser = argparse.ArgumentParser(prog=prog, description="Train a VQ-VAE video/image codec from a JSON config.")
     parser.add_argument("--config", default="param.json", help="config file (default: param.json)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda:N (default: the config's train_args.device)")
     add_override_option(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest good checkpoint of the run folder (train_args.resume = auto)")
     args = parser.parse_args(argv)
     setup_console()
     try:
-        summary = train_videos(device_override=args.device, config_path=args.config, overrides=args.overrides)
+        summary = train_videos(device_override=args.device, config_path=args.config, overrides=args.overrides,
+                               resume=args.resume)
     except (ConfigError, CheckpointError) as err:
         logger.error("%s", err)
-        return 2
+        return exit_codes.BAD_INPUT
+    except StorageError as err:
+        logger.error("%s", err.strerror)
+        return exit_codes.STORAGE
     except TrainingDiverged as err:
         logger.error("%s", err)
-        return 3
-    return 0 if summary["status"] in ("finished", "interrupted") else 1
+        return exit_codes.DIVERGED
+    return {"finished": exit_codes.FINISHED, "interrupted": exit_codes.INTERRUPTED}.get(summary["status"],
+                                                                                        exit_codes.FAILED)
 
 
 if __name__ == "__main__":

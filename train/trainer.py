@@ -98,6 +98,7 @@ class TrainVqVae:
             "rng": capture_rng_state(),
             "samples_seen": self.training_loader.samples_seen,
             "best": dict(self.files.best),
+            "run_id": self.run_id,
         }
         if self.optimizer_disc is not None:
             state["disc_state_dict"] = self.loss_calculator.discriminator.state_dict()
@@ -111,10 +112,12 @@ class TrainVqVae:
     def _resume(self) -> None:
         found = self.files.checkpoint_to_resume(self.device)
         if found is None:
+            self.run_id = self.log_mgr.start_run(None, 0)  # a new run, a new wandb id
             self._init_from()
             return
         path, ckpt = found
         check_compatible(ckpt, self.model, self.config.model_type, path)
+        self.checkpoints.adopt(path, ckpt)
         self.model.load_state_dict(ckpt["state_dict"])
         for name in ("optimizer", "scaler"):
             if ckpt.get(name):
@@ -128,7 +131,8 @@ class TrainVqVae:
         if "rng" in ckpt:
             restore_rng_state(ckpt["rng"])
         self.training_loader.seek(int(ckpt.get("samples_seen", self.start_step * self.config.data_args.batch_size)))
-        self.files.last_checkpoint = path
+        self.files.adopt(path, ckpt)
+        self.run_id = self.log_mgr.start_run(ckpt.get("run_id"), self.start_step)  # same wandb run, steps once
         self.logger.info("resumed from %s at step %d", path, self.start_step)
 
     def _restore_discriminator(self, ckpt: dict) -> None:
@@ -297,13 +301,17 @@ class TrainVqVae:
             self.files.write_summary("failed", step, nonfinite_skipped=self.nonfinite_skipped)
             raise
         finally:
-            self.stop.uninstall()
+            if sys.exc_info()[1] is not None:  # an error ends the run here; else the handler stays to the save
+                self.stop.uninstall()
             if bar is not None:
                 bar.close()
-        if status == "finished" and args.fit_prior and self.start_step < step:
-            self._fit_prior()
-        if (self.start_step < step or status == "interrupted") and not self._saved_at(step):
-            self.save(step)
+        try:  # a signal during the end stage (prior, final save) still ends with the final checkpoint
+            if status == "finished" and args.fit_prior and self.start_step < step:
+                self._fit_prior()
+            if (self.start_step < step or status == "interrupted") and not self._saved_at(step):
+                self.save(step)
+        finally:
+            self.stop.uninstall()
         self.logger.info("%s at step %d after %s; last checkpoint: %s", status, step,
                          format_duration(time.time() - t_start), self.files.last_checkpoint)
         return self.files.write_summary(status, step, nonfinite_skipped=self.nonfinite_skipped)

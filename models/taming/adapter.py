@@ -103,6 +103,14 @@ class TamingLossConfig:
 class TamingArgs:
     """``model_args`` of the Taming family; the field names are the JSON keys."""
 
+    # the shared channel names go to upstream's ddconfig
+    __config_aliases__ = {"input_channels": "ddconfig.in_channels", "output_channels": "ddconfig.out_ch"}
+    # keys of other families -> what this one uses instead (they are ignored with a warning)
+    __config_equivalents__ = {"group_count": "ddconfig.ch_mult", "nb_levels": "ddconfig.ch_mult",
+                              "n_hid": "ddconfig.ch", "res_channels": "ddconfig.ch",
+                              "n_blk_per_group": "ddconfig.num_res_blocks", "nb_res_layers": "ddconfig.num_res_blocks",
+                              "commitment_cost": "beta"}
+
     vocab_size: int = attrs.field(default=1024, validator=check(lambda v: v >= 2, "an integer >= 2"))  # n_embed
     n_init: int = attrs.field(default=256, validator=positive)  # embed_dim, the code dimension
     beta: float = attrs.field(default=0.25, validator=non_negative)

@@ -1,21 +1,21 @@
 """Load upstream taming-transformers weights: a Lightning ``.ckpt`` or a plain ``.pth`` state dict.
 
-Files are read with ``torch.load(weights_only=True)``, which runs no code from the file.
-Lightning checkpoints also pickle objects beside the weights (old ones key ``callbacks``
-by the ``ModelCheckpoint`` class itself, ``hyper_parameters`` may hold OmegaConf
-objects) that such a load refuses; their classes are read as inert placeholders instead,
-since only ``state_dict`` is used. Full unpickling happens only with ``allow_unsafe``.
+Files are read by the one checkpoint reader, ``core.checkpoint.load_checkpoint``, which
+runs no code from the file. Lightning checkpoints also pickle objects beside the weights
+(old ones key ``callbacks`` by the ``ModelCheckpoint`` class itself, ``hyper_parameters``
+may hold OmegaConf objects); their classes are read as inert placeholders, since only
+``state_dict`` is used. Full unpickling happens only with ``allow_unsafe``.
 
 Keys under ``loss.`` belong to the loss module (``VQLPIPSWithDiscriminator``), the rest
 to the model; both must match exactly.
 """
 import logging
-import pickle
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
+from core.checkpoint import load_checkpoint
 from core.config_schema import ConfigError
 from models.quantizers import optional_state_keys
 
@@ -29,63 +29,6 @@ class LoadedWeights(NamedTuple):
     model_keys: int
     loss_keys: int
     loss_state: dict  # the loss module's share, prefix stripped (for a loss module built later)
-
-
-class InertObject:
-    """Stands in for a non-weight class found in a checkpoint; accepts and ignores everything."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        pass
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
-def _foreign_globals(path: str) -> list:
-    """Classes/functions the file pickles that a weights-only load refuses ([] for the legacy format)."""
-    try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except ValueError:  # not a zip checkpoint: the legacy format cannot be inspected
-        return []
-
-
-def _load(path: str, weights_only: bool):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: checkpoint not found") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ConfigError(f"{path}: damaged or not a checkpoint ({_first_line(err)})") from None
-
-
-def read_checkpoint(path: str, allow_unsafe: bool = False, logger: Optional[logging.Logger] = None):
-    """The unpickled file, read without running code from it unless ``allow_unsafe``."""
-    log = logger or module_logger
-    try:
-        return _load(path, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refusal = _first_line(err)
-    foreign = _foreign_globals(path)
-    if foreign:
-        try:
-            with torch.serialization.safe_globals([(InertObject, name) for name in foreign]):
-                ckpt = _load(path, weights_only=True)
-            log.info("%s: read %s as inert placeholders (metadata beside the weights; no code run)",
-                     path, ", ".join(foreign))
-            return ckpt
-        except pickle.UnpicklingError as err:
-            refusal = _first_line(err)
-    if not allow_unsafe:
-        raise ConfigError(
-            f"{path}: cannot be read without running pickled code ({refusal}); "
-            "if you trust the file set train_args.allow_unsafe_load = true"
-        )
-    log.warning("%s: reading with full unpickling, which can run code from the file (allow_unsafe_load is set)", path)
-    return _load(path, weights_only=False)
 
 
 def extract_state_dict(ckpt, path: str) -> dict:
@@ -136,7 +79,7 @@ def load_upstream_weights(adapter: nn.Module, path: str, loss_module: Optional[n
     Without a loss module the ``loss.*`` keys are returned in ``loss_state`` for later.
     """
     log = logger or module_logger
-    state = extract_state_dict(read_checkpoint(path, allow_unsafe, log), path)
+    state = extract_state_dict(load_checkpoint(path, "cpu", allow_unsafe, metadata_placeholders=True), path)
     model_state, loss_state = split_loss_keys(state)
     load_strict(adapter, model_state, path, "model")
     loss_keys = 0

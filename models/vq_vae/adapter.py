@@ -14,6 +14,11 @@ from core.config_schema import check, non_negative, open_unit, positive, require
 class VqVae2Args:
     """``model_args`` of VqVae2; the field names are the JSON keys."""
 
+    # keys of other families -> what this one uses instead (they are ignored with a warning)
+    __config_equivalents__ = {"nb_levels": "group_count", "nb_res_layers": "n_blk_per_group",
+                              "res_channels": "n_hid", "beta": "commitment_cost",
+                              "ddconfig": "group_count, n_hid and n_blk_per_group"}
+
     group_count: int = attrs.field(default=4, validator=check(lambda v: 2 <= v <= 5, "an integer in [2, 5]"))
     n_hid: int = attrs.field(default=64, validator=positive)
     n_blk_per_group: int = attrs.field(default=2, validator=positive)
@@ -78,6 +83,7 @@ class VqVae2Adapter(BaseVqVaeAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
+        super().check_config(config)
         factor = 2 ** (config.model_args.group_count - 1)
         height, width = config.data_args.frame_size
         require(

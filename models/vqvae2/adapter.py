@@ -29,6 +29,11 @@ MODEL_ARG_NAMES = {
 class VQVAEArgs:
     """``model_args`` of VQVAE2; the field names are the JSON keys."""
 
+    # keys of other families -> what this one uses instead (they are ignored with a warning)
+    __config_equivalents__ = {"group_count": "nb_levels and scaling_rates", "n_blk_per_group": "nb_res_layers",
+                              "beta": "commitment_cost",
+                              "ddconfig": "n_hid, res_channels, nb_res_layers, nb_levels and scaling_rates"}
+
     input_channels: int = attrs.field(default=3, validator=positive)
     output_channels: int = attrs.field(default=3, validator=positive)
     n_hid: int = attrs.field(default=128, validator=check(lambda v: v >= 2, "an integer >= 2"))
@@ -69,6 +74,7 @@ class VQVAEAdapter(BaseVqVaeAdapter):
 
     @classmethod
     def check_config(cls, config) -> None:
+        super().check_config(config)
         rates, nb_levels = config.scaling_rates, config.model_args.nb_levels
         spec = config.model_args.quantizer
         if isinstance(spec, list) and len(spec) != nb_levels:
