@@ -15,8 +15,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# --resume: running `make train` again continues the run in runs/<config name>/ (`make clean` starts over).
 train: venv
-	$(PY) train/train_custom_videos.py --config $(CONFIG)
+	$(PY) train/train_custom_videos.py --config $(CONFIG) --resume
 
 test: venv
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests

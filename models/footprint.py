@@ -6,6 +6,8 @@ parameter. Frames are counted as a floor: one batch as uint8 and four float32 co
 (input, normalised, reconstruction, its gradient), and the loader's decoded-frame cache.
 Activations come on top, so a refusal is certain and a pass is no promise.
 """
+import logging
+
 import attrs
 import torch
 
@@ -32,8 +34,13 @@ def _size(n: float) -> str:
 
 def model_bytes(config: Config) -> tuple:
     """``(bytes of the model with its training state, name and shape of its largest tensor)``."""
-    with torch.device("meta"):
-        model = create_model(config)
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # a throwaway model: its build lines would repeat the real one's
+    try:
+        with torch.device("meta"):
+            model = create_model(config)
+    finally:
+        logging.disable(previous)
     tensors = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     trainable = [p for p in model.parameters() if p.requires_grad]
