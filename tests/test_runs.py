@@ -46,6 +46,10 @@ def test_rerunning_a_config_without_resume_is_refused_in_one_line_and_the_first_
     after = {name: os.path.getmtime(os.path.join(run_dir, "checkpoints", name))
              for name in os.listdir(os.path.join(run_dir, "checkpoints"))}
     assert after == before and read_metrics(run_dir) == metrics
+    # what `make train` does the second time: --resume finds the run finished and trains nothing
+    assert main(["--config", path, "--resume"]) == 0
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == sorted(before)
+    assert read_metrics(run_dir) == metrics
 
 
 def test_resuming_an_older_checkpoint_never_deletes_the_file_it_just_wrote(tmp_path):
@@ -93,7 +97,7 @@ def test_metrics_jsonl_holds_each_step_once_after_a_resume(tmp_path):
     first = train(tmp_path, train_args=args)
     at_two = os.path.join(first.files.checkpoint_dir, checkpoint_name(2))
     train(tmp_path, train_args={**args, "checkpoint_path": at_two})  # as after a kill just past step 2
-    records = read_metrics(first.run_dir)
+    records = read_metrics(first.files.run_dir)
     train_steps = [r["step"] for r in records if "train/loss/total" in r]
     val_steps = [r["step"] for r in records if "val/stats/psnr" in r]
     assert train_steps == [1, 2, 3, 4]
@@ -139,11 +143,11 @@ def test_scale_lr_multiplies_the_base_rate_by_batch_and_processes_as_upstream_ta
               "model_args": {"vocab_size": 16, "n_init": 8,
                              "ddconfig": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                                           "z_channels": 8, "resolution": 32}}}
-    data = tiny_config(tmp_path, **taming, train_args={"lr": 4.5e-6, "scale_lr": scale_lr,
+    data = tiny_config(tmp_path, **taming, train_args={"lr": 4.5e-6, "scale_lr": scale_lr, "use_gan": True,
                                                        "perceptual_backbone": "random"})
     data["model_args"] = taming["model_args"]
     trainer = build_trainer(config_from_dict(data, source="taming.json"))
     trainer.log_mgr.close()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4.5e-6 * factor)
-    disc = trainer.loss_calculator.optimizer_disc
+    disc = trainer.optimizer_disc
     assert disc.param_groups[0]["lr"] == pytest.approx(4.5e-6 * factor)

@@ -79,8 +79,10 @@ def build_trainer(config: Config, device_override=None, metrics=None) -> TrainVq
         torch.backends.cudnn.allow_tf32 = True
     set_deterministic(args.deterministic)
     seed_everything(config.data_args.seed)
-    if args.scale_lr:  # as upstream Taming's main.py: base rate x batch size x processes x accumulated batches
-        args = attrs.evolve(args, lr=args.lr * config.data_args.batch_size * ctx.world_size * args.grad_accum_steps)
+    if args.scale_lr:  # as upstream Taming's main.py: base rate x batch size x processes x accumulated batches,
+        # for both optimizers (upstream gives the discriminator the same rate)
+        factor = config.data_args.batch_size * ctx.world_size * args.grad_accum_steps
+        args = attrs.evolve(args, lr=args.lr * factor, disc_lr=args.disc_lr * factor)
         config = attrs.evolve(config, train_args=args)
 
     # Everything that can fail on input is checked before the model is built or data read.

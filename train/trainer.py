@@ -117,7 +117,6 @@ class TrainVqVae:
             return
         path, ckpt = found
         check_compatible(ckpt, self.model, self.config.model_type, path)
-        self.checkpoints.adopt(path, ckpt)
         self.model.load_state_dict(ckpt["state_dict"])
         for name in ("optimizer", "scaler"):
             if ckpt.get(name):
@@ -132,7 +131,9 @@ class TrainVqVae:
             restore_rng_state(ckpt["rng"])
         self.training_loader.seek(int(ckpt.get("samples_seen", self.start_step * self.config.data_args.batch_size)))
         self.files.adopt(path, ckpt)
-        self.run_id = self.log_mgr.start_run(ckpt.get("run_id"), self.start_step)  # same wandb run, steps once
+        # the resumed run validates again at its first step; a finished run validates nowhere, so keeps its last
+        rewind_to = self.start_step + 1 if self.start_step >= self.num_steps else self.start_step
+        self.run_id = self.log_mgr.start_run(ckpt.get("run_id"), rewind_to)  # same wandb run, steps once
         self.logger.info("resumed from %s at step %d", path, self.start_step)
 
     def _restore_discriminator(self, ckpt: dict) -> None:
