@@ -254,7 +254,7 @@ def main(argv=None) -> None:
     flips.add_argument("--flips", type=int, default=30)
     flips.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
+    logging.disable(logging.INFO)  # the runs trained here would fill the screen; the table is the result
     torch.set_num_threads(1)
     if args.what == "kills":
         measure_kills(args.kills, args.seed, args.steps)
