@@ -102,6 +102,28 @@ def test_a_name_alone_resolves_options_from_the_family():
     assert "fsq(levels=[8, 8, 8, 8]" in create_model(config("VqVae2", "fsq", vocab_size=4096)).model.quantizer.describe()
 
 
+def constant_bits(indices: torch.Tensor, bits: int) -> int:
+    """How many of the ``bits`` binary digits of ``indices`` never change."""
+    share = ((indices.reshape(-1, 1) >> torch.arange(bits)) & 1).float().mean(0)
+    return int(((share == 0) | (share == 1)).sum())
+
+
+def test_lfq_keeps_every_bit_in_use():
+    """LFQ on raw encoder outputs loses bits for good; on the unit sphere (the default) every bit still flips."""
+    frames = real_frames(8, 32)
+
+    def dead_bits(spec):
+        torch.manual_seed(0)
+        adapter = create_model(config("VqVae2", spec, vocab_size=64))
+        train_steps(adapter, frames, steps=80, lr=2e-3)
+        adapter.eval()
+        return constant_bits(adapter.encode(frames), bits=6)
+
+    assert "spherical=True" in create_model(config("VqVae2", "lfq")).model.quantizer.describe()
+    assert dead_bits("lfq") == 0
+    assert dead_bits({"type": "lfq", "spherical": False}) > 0  # MAGVIT-v2's form, the cause
+
+
 def test_code_factors_are_the_digits_of_an_index():
     """``index = sum(digit_i * prod(code_factors[:i]))``: stepping digit i moves one channel of the code."""
     quantizer = FSQ(dim=3, levels=[8, 5, 3])

@@ -58,7 +58,8 @@ def build_quantizer(spec: QuantizerSpec, dim: int, vocab_size: int, family: Fami
         return FSQ(dim, spec.levels or fsq_levels(vocab_size))
     if kind == "lfq":
         return LFQ(dim, lfq_bits(vocab_size), entropy_loss_weight=_pick(spec.entropy_loss_weight, 0.1),
-                   commitment_loss_weight=_pick(spec.commitment_loss_weight, 0.25))
+                   commitment_loss_weight=_pick(spec.commitment_loss_weight, 0.25),
+                   spherical=_pick(spec.spherical, True))
     if kind == "residual_vq":
         return ResidualVQ(dim, vocab_size, num_quantizers=_pick(spec.num_quantizers, 4),
                           quantize_dropout=bool(spec.quantize_dropout), commitment_cost=commitment,

@@ -57,22 +57,30 @@ class LFQ(Quantizer):
 
     ``vocab_size = 2 ** bits``; ``code_factors = [2] * bits``. The loss is the library's
     entropy term (``entropy_loss_weight``) plus its commitment term (``commitment_loss_weight``).
+
+    ``spherical`` (the default) puts the projected vector on the unit sphere before taking
+    its signs, so the codes are ``±1/sqrt(bits)``: binary spherical quantization (BSQ, Zhao
+    et al. 2024), the library's ``spherical`` option. LFQ assumes normalised inputs (its
+    authors put a norm layer right before it); on raw encoder outputs a channel can grow
+    until the entropy term's sharp softmax (temperature 0.01) no longer reaches it, and its
+    bit then stays constant for good. Indices are the same signs either way.
     """
 
-    def __init__(self, dim: int, bits: int, entropy_loss_weight: float = 0.1, commitment_loss_weight: float = 0.25):
+    def __init__(self, dim: int, bits: int, entropy_loss_weight: float = 0.1, commitment_loss_weight: float = 0.25,
+                 spherical: bool = True):
         super().__init__()
-        self.bits, self.dim = bits, dim
+        self.bits, self.dim, self.spherical = bits, dim, spherical
         self.vocab_size = 2**bits
         self.entropy_loss_weight, self.commitment_loss_weight = entropy_loss_weight, commitment_loss_weight
         self.inner = LibraryLFQ(dim=dim, codebook_size=2**bits, entropy_loss_weight=entropy_loss_weight,
-                                commitment_loss_weight=commitment_loss_weight)
+                                commitment_loss_weight=commitment_loss_weight, spherical=spherical)
 
     @property
     def code_factors(self) -> list:
         return [2] * self.bits
 
     def describe(self) -> str:
-        return (f"lfq(bits={self.bits}, vocab_size={self.vocab_size}, dim={self.dim}, "
+        return (f"lfq(bits={self.bits}, vocab_size={self.vocab_size}, dim={self.dim}, spherical={self.spherical}, "
                 f"entropy_loss_weight={self.entropy_loss_weight}, commitment_loss_weight={self.commitment_loss_weight})")
 
     def quantize_rows(self, rows, updating):

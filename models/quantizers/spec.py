@@ -3,8 +3,8 @@
 The config value is a name (``"fsq"``) or an object (``{"type": "fsq", "levels": [8, 8, 8]}``),
 or, for multi-level families, a list with one of those per level. Options left out are
 resolved from the family's ``vocab_size`` and code dimension ``n_init``: FSQ levels whose
-product is closest to ``vocab_size``, LFQ ``log2(vocab_size)`` bits, and the family's own
-commitment weight, EMA decay and dead-code threshold.
+product is closest to ``vocab_size``, LFQ ``log2(vocab_size)`` bits on the unit sphere, and
+the family's own commitment weight, EMA decay and dead-code threshold.
 """
 import itertools
 import math
@@ -24,7 +24,7 @@ OPTIONS = {
             "dead_code_threshold"},
     "sinkhorn": {"commitment_loss_weight", "dead_code_threshold"},
     "fsq": {"levels"},
-    "lfq": {"entropy_loss_weight", "commitment_loss_weight"},
+    "lfq": {"entropy_loss_weight", "commitment_loss_weight", "spherical"},
     "residual_vq": {"num_quantizers", "quantize_dropout", "rotation_trick", "kmeans_init", "l2_normalize",
                     "codebook_dim", "commitment_loss_weight"},
     "simvq": {"rotation_trick", "commitment_loss_weight"},
@@ -47,6 +47,7 @@ class QuantizerSpec:
     quantize_dropout: Optional[bool] = None
     levels: Optional[list[int]] = attrs.field(default=None, validator=_LEVELS)
     entropy_loss_weight: Optional[float] = attrs.field(default=None, validator=non_negative)
+    spherical: Optional[bool] = None
     commitment_loss_weight: Optional[float] = attrs.field(default=None, validator=non_negative)
     dead_code_threshold: Optional[float] = attrs.field(default=None, validator=non_negative)
 
