@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from core.config_schema import ConfigError
 from models.builders import config_from_dict, create_model
+from models.footprint import model_bytes
 from models.quantizers import (FSQ, LFQ, NAMES, FamilySettings, QuantizerSpec, ResidualVQ, VectorQuantizer,
                                VectorQuantizerEMA, build_quantizer, fsq_levels, lfq_bits)
 from models.quantizers.usage import MAX_DEAD_FRACTION
@@ -100,6 +101,15 @@ def test_a_name_alone_resolves_options_from_the_family():
     adapter = create_model(config("VqVae2", "lfq", vocab_size=512))
     assert adapter.vocab_sizes == [512] and adapter.code_factors == [[2] * 9]
     assert "fsq(levels=[8, 8, 8, 8]" in create_model(config("VqVae2", "fsq", vocab_size=4096)).model.quantizer.describe()
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("name", NAMES)
+def test_the_memory_estimate_builds_every_quantizer_on_the_meta_device(model_type, name):
+    """Issue: FSQ read its level count with ``.item()`` while built on ``meta`` (``models.footprint``),
+    so no FSQ config could start training."""
+    needed, _, _ = model_bytes(config(model_type, name))
+    assert needed > 0
 
 
 def test_code_factors_are_the_digits_of_an_index():
