@@ -117,7 +117,6 @@ class TrainVqVae:
             return
         path, ckpt = found
         check_compatible(ckpt, self.model, self.config.model_type, path)
-        self.checkpoints.adopt(path, ckpt)
         self.model.load_state_dict(ckpt["state_dict"])
         for name in ("optimizer", "scaler"):
             if ckpt.get(name):
