@@ -24,6 +24,8 @@ FAMILIES = {
                       "nb_levels": 2}, [2, 2]),
     "TamingVQGAN": (TAMING_ARGS, None),
     "EMAVQ": (TAMING_ARGS, None),
+    "CausalVideoVQ": ({"ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+                       "vocab_size": 16}, None),
 }
 
 
@@ -67,6 +69,7 @@ def test_families_keep_their_default_quantizer_and_keys():
     assert type(create_model(config("VqVae2", decay=0.0)).model.quantizer) is VectorQuantizer
     assert "quantize.embedding.weight" in create_model(config("TamingVQGAN")).state_dict()
     assert "quantizers.1.embedding.weight" in create_model(config("VQVAE2_OptVQ")).state_dict()
+    assert type(create_model(config("CausalVideoVQ")).model.quantize) is FSQ
 
 
 def test_multi_level_families_take_a_spec_per_level():
