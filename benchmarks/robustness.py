@@ -59,12 +59,15 @@ TAMING_TINY = {
                  "resolution": 32},
     "lossconfig": {"disc_start": 2, "disc_num_layers": 2, "disc_ndf": 8, "perceptual_weight": 0.0},
 }
+CAUSAL_VIDEO_TINY = {"ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+                     "quantizer": {"type": "fsq", "levels": [5, 5, 5]}}
 FAMILIES = {  # name -> (model_type, model_args, scaling_rates, extra train_args)
     "VqVae2": ("VqVae2", TINY["model_args"], None, {}),
     "VQVAE2": ("VQVAE2", VQVAE2_TINY, [2, 2], {}),
     "VQVAE2_OptVQ": ("VQVAE2_OptVQ", VQVAE2_TINY, [2, 2], {}),
     "TamingVQGAN": ("TamingVQGAN", TAMING_TINY, None, {"perceptual_backbone": "random"}),
     "EMAVQ": ("EMAVQ", TAMING_TINY, None, {"perceptual_backbone": "random"}),
+    "CausalVideoVQ": ("CausalVideoVQ", CAUSAL_VIDEO_TINY, None, {}),
     "VqVae2+GAN": ("VqVae2", TINY["model_args"], None,
                    {"use_gan": True, "disc_start": 2, "disc_interval": 1, "disc_layers": 2, "disc_ndf": 8,
                     "use_perceptual": False}),

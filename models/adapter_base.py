@@ -107,6 +107,11 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
         """Frames the model codes together (VqVae2 folds ``sequence_length`` frames); 1 if per-frame."""
         return 1
 
+    @property
+    def temporal_factor(self) -> int:
+        """Input frames per latent frame: the whole clip for a model that folds it, 1 for per-frame models."""
+        return self.frames_per_clip
+
     @classmethod
     def train_defaults(cls, args: Any, train_args: dict) -> dict:
         """``train_args`` defaults of this family (under the user's own ``train_args``)."""
@@ -135,6 +140,11 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
             indices = self.encode(torch.zeros(frame_shape, device=self.last_layer.device))
             self.train(was_training)
         return [tuple(t.shape) for t in as_level_list(indices)]
+
+    def adopt_weights(self, state: dict, source: str) -> dict:
+        """This model's state dict from the weights of a file (``train_args.init_from``): as they are,
+        unless a family converts another's (CausalVideoVQ inflates 2D Taming kernels)."""
+        return state
 
     # -- the codec's face (as CompressAI's models): clips in [0, 1], indices, the code prior --
     @property

@@ -33,7 +33,7 @@ def module_table(root: nn.Module, depth: int = 2) -> list:
 
 
 def rate_summary(model, input_shape: tuple) -> dict:
-    """Latent shape per level, bits per frame, bits per pixel, compression against raw 8-bit frames.
+    """Compression in time and space, latent shape per level, bits per frame and pixel, ratio against raw 8-bit frames.
 
     ``input_shape`` is one clip ``(frames, C, H, W)``; each code costs ``log2(V)`` bits
     before entropy coding, so this is the rate of the fixed-length code.
@@ -48,6 +48,8 @@ def rate_summary(model, input_shape: tuple) -> dict:
     except NotImplementedError:
         quantizers = []
     return {
+        "temporal_factor": model.temporal_factor,
+        "spatial_factor": model.spatial_factor,
         "quantizers": quantizers,
         "latent_shapes": shapes,
         "vocab_sizes": vocab_sizes,
@@ -133,6 +135,8 @@ def _report(model, input_shape, summary: dict, rows: list) -> str:
         "Quantizers (resolved options):",
         *(f"  level {level}: {text}" for level, text in enumerate(summary["quantizers"])),
         "",
+        f"Compression:          {summary['temporal_factor']}x in time, "
+        f"{summary['spatial_factor']}x{summary['spatial_factor']} in space",
         "Latent codes per clip:",
     ]
     for level, (shape, vocab) in enumerate(zip(summary["latent_shapes"], summary["vocab_sizes"])):

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 from core.config import Config, parse_config, read_config
 from core.config_schema import ConfigError, closest_key
 from models.adapter_base import BaseVqVaeAdapter
+from models.causal_video.adapter import CausalVideoAdapter
 from models.taming.adapter import TamingVQGANAdapter
 from models.vq_vae.adapter import VqVae2Adapter
 from models.vqvae2.adapter import VQVAEAdapter
@@ -27,6 +28,8 @@ _MODEL_REGISTRY = {
     "taming_vqgan": TamingVQGANAdapter,
     "EMAVQ": TamingVQGANAdapter,
     "VQGAN": TamingVQGANAdapter,
+    "CausalVideoVQ": CausalVideoAdapter,
+    "causal_video": CausalVideoAdapter,
 }
 
 
@@ -44,7 +47,7 @@ def resolve_adapter(model_type: str) -> type:
 
 # one name per family, for the warning about a key another family understands
 FAMILIES = {"VqVae2": VqVae2Adapter, "VQVAE2": VQVAEAdapter, "VQVAE2_OptVQ": VqvaeOptVQAdapter,
-            "TamingVQGAN": TamingVQGANAdapter}
+            "TamingVQGAN": TamingVQGANAdapter, "CausalVideoVQ": CausalVideoAdapter}
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> Config:

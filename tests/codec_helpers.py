@@ -26,12 +26,16 @@ TINY = {
                                                            "nb_levels": 1, "n_init": 4, "vocab_size": 16}},
     "TamingVQGAN": {"model_args": {"vocab_size": 16, "n_init": 4, "ddconfig": {
         "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 4, "resolution": 16}}},
+    "CausalVideoVQ": {"data_args": {"sequence_length": 5}, "model_args": {
+        "ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+        "quantizer": {"type": "fsq", "levels": [5, 5, 5]}}},
     "FakeResidual": {"model_args": {"factors": [4, 4], "num_quantizers": 3}},
 }
 
 
 def tiny_config(model_type: str, **data_args):
-    raw = {"model_type": model_type, "data_args": {**DATA_ARGS, **data_args}, **TINY[model_type]}
+    family = TINY[model_type]
+    raw = {"model_type": model_type, **family, "data_args": {**DATA_ARGS, **family.get("data_args", {}), **data_args}}
     return raw, config_from_dict(raw)
 
 

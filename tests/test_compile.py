@@ -11,7 +11,7 @@ from tests.helpers import merge, tiny_config
 from tests.test_host_reads import RUNS
 from train.train_custom_videos import build_trainer
 
-FAMILIES = ["VqVae2 (EMA codebook)", "VQVAE2", "VQVAE2_OptVQ", "TamingVQGAN", "EMAVQ"]
+FAMILIES = ["VqVae2 (EMA codebook)", "VQVAE2", "VQVAE2_OptVQ", "TamingVQGAN", "EMAVQ", "CausalVideoVQ"]
 STEPS = 3
 
 

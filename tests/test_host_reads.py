@@ -17,6 +17,8 @@ TAMING = {"vocab_size": 16, "n_init": 8,
           "ddconfig": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 8,
                        "resolution": 32},
           "lossconfig": {"disc_start": 0, "disc_num_layers": 2, "disc_ndf": 8, "perceptual_weight": 0.0}}
+CAUSAL_VIDEO = {"ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+                "quantizer": {"type": "fsq", "levels": [5, 5, 5]}}
 GAN = {"use_gan": True, "disc_start": 0, "disc_interval": 1, "use_perceptual": False, "disc_layers": 2, "disc_ndf": 8}
 RUNS = {
     "VqVae2 (EMA codebook)": {},
@@ -26,6 +28,7 @@ RUNS = {
     "VQVAE2_OptVQ": {"model_type": "VQVAE2_OptVQ", "scaling_rates": [2, 2], "model_args": VQVAE2},
     "TamingVQGAN": {"model_type": "TamingVQGAN", "model_args": TAMING, "train_args": {"use_gan": True}},
     "EMAVQ": {"model_type": "EMAVQ", "model_args": TAMING},
+    "CausalVideoVQ": {"model_type": "CausalVideoVQ", "model_args": CAUSAL_VIDEO},
 }
 
 

@@ -313,6 +313,8 @@ TAMING_TINY = {
     # LPIPS off in the loop (tested above); the discriminator as small as the plain path's
     "lossconfig": {"disc_start": 0, "disc_num_layers": 2, "disc_ndf": 8, "perceptual_weight": 0.0},
 }
+CAUSAL_VIDEO_TINY = {"ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+                     "quantizer": {"type": "fsq", "levels": [5, 5, 5]}}
 # (adapter module, class, model_type, tiny model_args, scaling_rates)
 FAMILIES = {
     "vq_vae": ("models.vq_vae.adapter", "VqVae2Adapter", "VqVae2",
@@ -320,6 +322,7 @@ FAMILIES = {
     "vqvae2": ("models.vqvae2.adapter", "VQVAEAdapter", "vqvae2", VQVAE2_TINY, [2, 2]),
     "vqvae2_optvq": ("models.vqvae2_optvq.adapter", "VqvaeOptVQAdapter", "vqvae2optvq", VQVAE2_TINY, [2, 2]),
     "taming_vqgan": ("models.taming.adapter", "TamingVQGANAdapter", "taming_vqgan", TAMING_TINY, None),
+    "causal_video": ("models.causal_video.adapter", "CausalVideoAdapter", "causal_video", CAUSAL_VIDEO_TINY, None),
 }
 
 

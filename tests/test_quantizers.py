@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from core.config_schema import ConfigError
 from models.builders import config_from_dict, create_model
+from models.footprint import model_bytes
 from models.quantizers import (FSQ, LFQ, NAMES, FamilySettings, QuantizerSpec, ResidualVQ, VectorQuantizer,
                                VectorQuantizerEMA, build_quantizer, fsq_levels, lfq_bits)
 from models.quantizers.usage import MAX_DEAD_FRACTION
@@ -23,6 +24,8 @@ FAMILIES = {
                       "nb_levels": 2}, [2, 2]),
     "TamingVQGAN": (TAMING_ARGS, None),
     "EMAVQ": (TAMING_ARGS, None),
+    "CausalVideoVQ": ({"ch": 4, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "attention": False,
+                       "vocab_size": 16}, None),
 }
 
 
@@ -66,6 +69,7 @@ def test_families_keep_their_default_quantizer_and_keys():
     assert type(create_model(config("VqVae2", decay=0.0)).model.quantizer) is VectorQuantizer
     assert "quantize.embedding.weight" in create_model(config("TamingVQGAN")).state_dict()
     assert "quantizers.1.embedding.weight" in create_model(config("VQVAE2_OptVQ")).state_dict()
+    assert type(create_model(config("CausalVideoVQ")).model.quantize) is FSQ
 
 
 def test_multi_level_families_take_a_spec_per_level():
@@ -122,6 +126,15 @@ def test_lfq_keeps_every_bit_in_use():
     assert "spherical=True" in create_model(config("VqVae2", "lfq")).model.quantizer.describe()
     assert dead_bits("lfq") == 0
     assert dead_bits({"type": "lfq", "spherical": False}) > 0  # MAGVIT-v2's form, the cause
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("name", NAMES)
+def test_the_memory_estimate_builds_every_quantizer_on_the_meta_device(model_type, name):
+    """Issue: FSQ read its level count with ``.item()`` while built on ``meta`` (``models.footprint``),
+    so no FSQ config could start training."""
+    needed, _, _ = model_bytes(config(model_type, name))
+    assert needed > 0
 
 
 def test_code_factors_are_the_digits_of_an_index():

@@ -31,7 +31,11 @@ class FSQ(Quantizer):
         super().__init__()
         self.levels, self.dim = list(levels), dim
         self.vocab_size = math.prod(levels)
-        self.inner = LibraryFSQ(levels=list(levels), dim=dim)
+        # the library reads its codebook size with .item(): built on the CPU, also when the model is
+        # built on the meta device for the memory estimate (models.footprint); it is small (levels,
+        # and projections only when dim != len(levels)), and .to(device) moves it with the model
+        with torch.device("cpu"):
+            self.inner = LibraryFSQ(levels=list(levels), dim=dim)
 
     @property
     def code_factors(self) -> list:

@@ -76,11 +76,14 @@ def load_upstream_weights(adapter: nn.Module, path: str, loss_module: Optional[n
                           allow_unsafe: bool = False, logger: Optional[logging.Logger] = None) -> LoadedWeights:
     """Load an official Taming checkpoint into ``adapter`` (and its ``loss.*`` keys into ``loss_module``).
 
-    Without a loss module the ``loss.*`` keys are returned in ``loss_state`` for later.
+    Without a loss module the ``loss.*`` keys are returned in ``loss_state`` for later. The
+    adapter adopts the file's model weights first (``adopt_weights``: as they are for most
+    families; CausalVideoVQ inflates a 2D model's kernels).
     """
     log = logger or module_logger
     state = extract_state_dict(load_checkpoint(path, "cpu", allow_unsafe, metadata_placeholders=True), path)
     model_state, loss_state = split_loss_keys(state)
+    model_state = adapter.adopt_weights(model_state, path)
     load_strict(adapter, model_state, path, "model")
     loss_keys = 0
     if loss_module is not None and loss_state:
