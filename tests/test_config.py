@@ -94,6 +94,15 @@ def test_switching_param_json_to_taming_needs_no_deletions(caplog):
     assert "group_count" not in config.to_dict()["model_args"]  # saved checkpoints carry no ignored key
 
 
+def test_switching_the_causal_video_config_to_taming_points_at_ddconfig(caplog):
+    data = json.load(open("configs/causal_video.json"))
+    data["model_type"] = "TamingVQGAN"
+    config_from_dict(data, source="causal_video.json")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for key in ("ch", "ch_mult", "num_res_blocks", "z_channels"):
+        assert any(f"model_args.{key} " in w and f"ddconfig.{key}" in w for w in warnings), warnings
+
+
 def test_input_and_output_channels_are_tamings_ddconfig_channels():
     data = merge(TINY, {"model_type": "TamingVQGAN",
                         "model_args": {"input_channels": 3, "output_channels": 3, "ddconfig": {"in_channels": 3}}})

@@ -109,7 +109,9 @@ class TamingArgs:
     __config_equivalents__ = {"group_count": "ddconfig.ch_mult", "nb_levels": "ddconfig.ch_mult",
                               "n_hid": "ddconfig.ch", "res_channels": "ddconfig.ch",
                               "n_blk_per_group": "ddconfig.num_res_blocks", "nb_res_layers": "ddconfig.num_res_blocks",
-                              "commitment_cost": "beta"}
+                              "commitment_cost": "beta", "ch": "ddconfig.ch", "ch_mult": "ddconfig.ch_mult",
+                              "num_res_blocks": "ddconfig.num_res_blocks", "z_channels": "ddconfig.z_channels",
+                              "dropout": "ddconfig.dropout"}
 
     vocab_size: int = attrs.field(default=1024, validator=check(lambda v: v >= 2, "an integer >= 2"))  # n_embed
     n_init: int = attrs.field(default=256, validator=positive)  # embed_dim, the code dimension
