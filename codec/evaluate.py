@@ -144,11 +144,11 @@ def _point(clip: str, codec: str, setting: str, reference: np.ndarray, decoded: 
 def side_by_side_points(points: list) -> list:
     """What a clip's side by side shows: each model curve's highest-rate point, then x264
     (else the first anchor measured) at the bpp nearest (in log) to the first model point."""
-    models = {}
+    top = {}
     for p in points:
-        if p.codec not in FFMPEG_CODECS and p.bpp >= models.get(p.codec, p).bpp:
-            models[p.codec] = p
-    chosen = list(models.values())
+        if p.codec not in FFMPEG_CODECS and (p.codec not in top or p.bpp > top[p.codec].bpp):
+            top[p.codec] = p
+    chosen = list(top.values())
     for anchor in ANCHORS:
         candidates = [p for p in points if p.codec == anchor]
         if candidates and chosen:
@@ -207,7 +207,6 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
     Returns ``(rate points, BD rates)``.
     """
     lpips, lpips_note = lpips_network(vgg_weights, device)
-    os.makedirs(out_dir, exist_ok=True)
     models = []
     for spec in checkpoints:
         label, path = _label_and_path(spec)
@@ -237,6 +236,7 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
                                               decode_s, lpips))
                     middle_frames[clip_points[-1]] = decoded[middle]
         shown = [(p, middle_frames[p]) for p in side_by_side_points(clip_points)]
+        os.makedirs(out_dir, exist_ok=True)
         save_png(side_by_side_figure(reference[middle], middle, name, shown), side_by_side_path(out_dir, name))
         points += clip_points
     bd_rates = _bd_rates(points)
