@@ -135,9 +135,10 @@ def cmd_cut(args) -> None:
 def cmd_evaluate(args) -> None:
     points, bd_rates = evaluate(args.clips, args.checkpoints, args.out, crfs=args.crf, size=_size(args.size),
                                 max_frames=args.max_frames, coder="adaptive" if args.adaptive else args.coder,
-                                rates=args.rates, device=_device(args.device), progress=not args.quiet)
+                                rates=args.rates, device=_device(args.device), progress=not args.quiet,
+                                vgg_weights=args.vgg_weights)
     _say(format_table(points, bd_rates))
-    _say(f"wrote {os.path.join(args.out, 'rd.csv')}, rd.png, bd_rate.csv")
+    _say(f"wrote {os.path.join(args.out, 'rd.csv')}, rd.png, bd_rate.csv, side_by_side_*.png")
 
 
 def cmd_fit_prior(args) -> None:
@@ -197,13 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--clips", nargs="+", required=True, help="videos (or folders of frames)")
     sub.add_argument("--checkpoints", nargs="+", required=True, metavar="[LABEL=]CKPT",
                      help="rate points; checkpoints with the same label form one curve")
-    sub.add_argument("--out", required=True, help="folder for rd.csv, rd.png, bd_rate.csv")
+    sub.add_argument("--out", required=True, help="folder for rd.csv, rd.png, bd_rate.csv, side_by_side_*.png")
     sub.add_argument("--crf", type=int, nargs="+", default=list(DEFAULT_CRFS), help="x264/x265 CRF values")
     sub.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames first")
     sub.add_argument("--max-frames", type=int, help="use only the first N frames of each clip")
     coder_options(sub)
     sub.add_argument("--rates", type=int, nargs="+", metavar="N",
                      help="residual levels kept, one rate point each (default: every rate the model has)")
+    sub.add_argument("--vgg-weights", metavar="FILE",
+                     help="torchvision VGG16 weights for LPIPS (default: the torch hub cache; LPIPS is skipped "
+                          "when absent)")
     sub.add_argument("--device", default="auto")
 
     sub = command("fit-prior", cmd_fit_prior, "measure code statistics on video and store them in the checkpoint")

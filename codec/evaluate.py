@@ -6,8 +6,11 @@ kept (``compress(rate=N)``), so one model draws a whole curve; otherwise checkpo
 share a label are the rate points of one curve. x264 and x265 run at several CRF values
 through the ffmpeg binary of ``imageio-ffmpeg``, fed raw RGB frames and writing a raw
 elementary stream (no container), whose file size gives their rate. Quality is PSNR and
-SSIM of RGB frames (``metric_utils``, so training and evaluation agree). The Bjøntegaard
-delta rate compares each curve with x264 and with x265 over the PSNR range both cover.
+SSIM of RGB frames (``metric_utils``, so training and evaluation agree) and LPIPS (the
+project's one network, ``models.perceptual``) when the VGG16 weights are found: it is never
+downloaded, and without it the LPIPS column stays empty. The Bjøntegaard delta rate compares
+each curve with x264 and with x265 over the PSNR range both cover. The pictures
+(``codec.rd_pictures``): ``rd.png`` and, per clip, the middle frame side by side.
 """
 import csv
 import io
@@ -25,9 +28,13 @@ from einops import rearrange
 
 from codec.bitstream import CodecError
 from codec.codec import CodecModel, compress, decompress, load_codec_model
+from codec.rd_pictures import plot_rd, save_png, side_by_side_figure, side_by_side_path
 from codec.video_io import ffmpeg_exe, read_frames
-from metric_utils.metric_utils import psnr, ssim
 from core.atomic_files import atomic_write
+from core.pixels import to_model_range
+from core.pretrained import VGG16_FILE, find_weights, missing_message, require_weights
+from metric_utils.metric_utils import psnr, ssim
+from models.perceptual import build_lpips
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ FFMPEG_CODECS = {
     "x265": ("libx265", "hevc", ["-x265-params", "log-level=error"]),
 }
 ANCHORS = ("x264", "x265")
+LPIPS_WHAT = "LPIPS (VGG16 backbone)"
 
 
 @attrs.frozen
@@ -52,6 +60,7 @@ class RatePoint:
     bpp: float
     psnr: float
     ssim: float
+    lpips: Optional[float]  # None: not measured (no VGG16 weights)
     encode_fps: float
     decode_fps: float
 
@@ -65,14 +74,33 @@ class BdRate:
     note: str = ""
 
 
-def quality(decoded: np.ndarray, reference: np.ndarray, chunk: int = 16) -> tuple:
-    """(PSNR dB, SSIM), means over frames, of uint8 ``(T, H, W, 3)`` frames."""
-    totals = np.zeros(2)
+@torch.no_grad()
+def quality(decoded: np.ndarray, reference: np.ndarray, lpips: Optional[torch.nn.Module] = None,
+            chunk: int = 16) -> tuple:
+    """(PSNR dB, SSIM, LPIPS or None), means over frames, of uint8 ``(T, H, W, 3)`` frames."""
+    device = next(lpips.parameters()).device if lpips is not None else "cpu"
+    totals = np.zeros(3)
     for start in range(0, len(reference), chunk):
         pair = [rearrange(torch.from_numpy(np.ascontiguousarray(a[start:start + chunk])), "t h w c -> t c h w")
-                .float() / 255.0 for a in (decoded, reference)]
-        totals += len(pair[0]) * np.array([psnr(*pair), ssim(*pair)])
-    return tuple(float(v) for v in totals / len(reference))
+                .to(device).float() / 255.0 for a in (decoded, reference)]
+        distance = float(lpips(*map(to_model_range, pair)).mean()) if lpips is not None else 0.0
+        totals += len(pair[0]) * np.array([psnr(*pair), ssim(*pair), distance])
+    means = [float(v) for v in totals / len(reference)]
+    return means[0], means[1], means[2] if lpips is not None else None
+
+
+def lpips_network(vgg_weights: Optional[str], device) -> tuple:
+    """``(LPIPS network or None, note)``: without VGG16 weights (hub cache or ``vgg_weights``) LPIPS is skipped.
+
+    Weights asked for by path must exist (``WeightsMissingError``); weights merely absent
+    from the cache give one warning and a note for the plot.
+    """
+    if vgg_weights:
+        require_weights(LPIPS_WHAT, VGG16_FILE, "--vgg-weights", vgg_weights)
+    elif find_weights(VGG16_FILE, None) is None:
+        logger.warning("%s; LPIPS is skipped", missing_message(LPIPS_WHAT, VGG16_FILE, "--vgg-weights", None))
+        return None, f"no VGG16 weights ({VGG16_FILE}): pass --vgg-weights"
+    return build_lpips("vgg", vgg_weights).to(device), ""
 
 
 def _run(command: list, stdin: Optional[bytes], what: str) -> tuple:
@@ -107,11 +135,26 @@ def ffmpeg_roundtrip(frames: np.ndarray, fps: float, name: str, crf: int, workdi
 
 
 def _point(clip: str, codec: str, setting: str, reference: np.ndarray, decoded: np.ndarray, nbytes: int,
-           encode_s: float, decode_s: float) -> RatePoint:
+           encode_s: float, decode_s: float, lpips: Optional[torch.nn.Module]) -> RatePoint:
     count, height, width = reference.shape[:3]
-    psnr, ssim = quality(decoded, reference)
     return RatePoint(clip, codec, setting, count, height, width, nbytes, 8.0 * nbytes / (count * height * width),
-                     psnr, ssim, count / max(encode_s, 1e-9), count / max(decode_s, 1e-9))
+                     *quality(decoded, reference, lpips), count / max(encode_s, 1e-9), count / max(decode_s, 1e-9))
+
+
+def side_by_side_points(points: list) -> list:
+    """What a clip's side by side shows: each model curve's highest-rate point, then x264
+    (else the first anchor measured) at the bpp nearest (in log) to the first model point."""
+    top = {}
+    for p in points:
+        if p.codec not in FFMPEG_CODECS and (p.codec not in top or p.bpp > top[p.codec].bpp):
+            top[p.codec] = p
+    chosen = list(top.values())
+    for anchor in ANCHORS:
+        candidates = [p for p in points if p.codec == anchor]
+        if candidates and chosen:
+            chosen.append(min(candidates, key=lambda p: abs(np.log(p.bpp / chosen[0].bpp))))
+            break
+    return chosen
 
 
 def bd_rate(anchor: list, test: list) -> tuple:
@@ -154,13 +197,16 @@ def residual_rates(codec: CodecModel, frame_size: tuple, wanted: Optional[list] 
 
 def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, size: Optional[tuple] = None,
              max_frames: Optional[int] = None, coder: str = "auto", rates: Optional[list] = None, device="cpu",
-             codecs=tuple(FFMPEG_CODECS), progress: bool = False) -> tuple:
-    """Measure every checkpoint and x264/x265 on every clip; write ``rd.csv``, ``rd.png``, ``bd_rate.csv``.
+             codecs=tuple(FFMPEG_CODECS), progress: bool = False, vgg_weights: Optional[str] = None) -> tuple:
+    """Measure every checkpoint and x264/x265 on every clip; write ``rd.csv``, ``rd.png``, ``bd_rate.csv``
+    and per clip ``side_by_side_<clip>.png`` (its middle frame: original, models, x264 at a similar bpp).
 
     ``checkpoints`` are paths or ``LABEL=PATH``; checkpoints sharing a label form one
     curve (default label: the model type), and so do a residual model's ``rates``.
+    LPIPS needs the VGG16 weights (``vgg_weights`` or the torch hub cache), else it is skipped.
     Returns ``(rate points, BD rates)``.
     """
+    lpips, lpips_note = lpips_network(vgg_weights, device)
     models = []
     for spec in checkpoints:
         label, path = _label_and_path(spec)
@@ -171,6 +217,7 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
         reference, fps = read_frames(clip, size, max_frames)
         name = os.path.basename(clip.rstrip(os.sep))
         logger.info("%s: %d frames %dx%d", name, len(reference), reference.shape[2], reference.shape[1])
+        middle, clip_points, middle_frames = len(reference) // 2, [], {}
         for label, setting, codec in models:
             for rate in residual_rates(codec, reference.shape[1:3], rates):
                 start = time.perf_counter()
@@ -178,19 +225,24 @@ def evaluate(clips: list, checkpoints: list, out_dir: str, crfs=DEFAULT_CRFS, si
                 encode_s = time.perf_counter() - start
                 start = time.perf_counter()
                 decoded, _ = decompress(codec, data, name, progress=progress)
-                points.append(_point(name, label, setting if rate is None else f"{setting} rate={rate}", reference,
-                                     decoded, len(data), encode_s, time.perf_counter() - start))
+                clip_points.append(_point(name, label, setting if rate is None else f"{setting} rate={rate}",
+                                          reference, decoded, len(data), encode_s, time.perf_counter() - start, lpips))
+                middle_frames[clip_points[-1]] = decoded[middle]
         with tempfile.TemporaryDirectory() as workdir:
             for codec_name in codecs:
                 for crf in crfs:
                     nbytes, decoded, encode_s, decode_s = ffmpeg_roundtrip(reference, fps, codec_name, crf, workdir)
-                    points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s,
-                                         decode_s))
+                    clip_points.append(_point(name, codec_name, f"crf={crf}", reference, decoded, nbytes, encode_s,
+                                              decode_s, lpips))
+                    middle_frames[clip_points[-1]] = decoded[middle]
+        shown = [(p, middle_frames[p]) for p in side_by_side_points(clip_points)]
+        os.makedirs(out_dir, exist_ok=True)
+        save_png(side_by_side_figure(reference[middle], middle, name, shown), side_by_side_path(out_dir, name))
+        points += clip_points
     bd_rates = _bd_rates(points)
-    os.makedirs(out_dir, exist_ok=True)
     _write_csv(os.path.join(out_dir, "rd.csv"), [attrs.asdict(p) for p in points])
     _write_csv(os.path.join(out_dir, "bd_rate.csv"), [attrs.asdict(b) for b in bd_rates])
-    plot_rd(points, os.path.join(out_dir, "rd.png"))
+    plot_rd(points, os.path.join(out_dir, "rd.png"), lpips_note)
     return points, bd_rates
 
 
@@ -219,40 +271,12 @@ def _write_csv(path: str, rows: list) -> None:
     atomic_write(path, lambda fh: fh.write(text.getvalue().encode("utf-8")))
 
 
-def plot_rd(points: list, path: str) -> None:
-    """PSNR against bpp, one panel per clip, one curve per codec."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    clips = list(dict.fromkeys(p.clip for p in points))
-    columns = min(3, len(clips))
-    rows = -(-len(clips) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
-    for ax, clip in zip(axes.flat, clips):
-        curves = {}
-        for p in points:
-            if p.clip == clip:
-                curves.setdefault(p.codec, []).append((p.bpp, p.psnr))
-        for codec, curve in curves.items():
-            bpp, psnr = zip(*sorted(curve))
-            ax.plot(bpp, psnr, marker="o", label=codec)
-        ax.set(title=clip, xlabel="bits per pixel", ylabel="PSNR (dB)", xscale="log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    for ax in list(axes.flat)[len(clips):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    plt.close(fig)
-
-
 def format_table(points: list, bd_rates: list) -> str:
     """The rate points and BD rates as aligned text."""
-    head = ["clip", "codec", "setting", "bytes", "bpp", "PSNR", "SSIM", "enc fps", "dec fps"]
+    head = ["clip", "codec", "setting", "bytes", "bpp", "PSNR", "SSIM", "LPIPS", "enc fps", "dec fps"]
     rows = [[p.clip, p.codec, p.setting, str(p.bytes), f"{p.bpp:.4f}", f"{p.psnr:.2f}", f"{p.ssim:.3f}",
-             f"{p.encode_fps:.1f}", f"{p.decode_fps:.1f}"] for p in points]
+             f"{p.lpips:.4f}" if p.lpips is not None else "-", f"{p.encode_fps:.1f}", f"{p.decode_fps:.1f}"]
+            for p in points]
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in [head] + rows]
