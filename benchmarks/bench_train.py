@@ -81,6 +81,11 @@ FAMILIES = {
                                     "z_channels": 16, "resolution": 64},
                        "lossconfig": {"perceptual_weight": 0.0, "disc_start": 1000000}},
     },
+    "CausalVideoVQ": {  # 5-frame clips: 1 + 4 frames give 2 latent frames at 4x8x8
+        "model_type": "CausalVideoVQ",
+        "model_args": {"ch": 8, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "z_channels": 16, "quantizer": "fsq"},
+        "data_args": {"sequence_length": 5},
+    },
 }
 
 COMMON = {
