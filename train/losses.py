@@ -46,8 +46,10 @@ def same_on_every_rank(module: nn.Module) -> nn.Module:
 
 
 def uses_perceptual(args: TrainArgs) -> bool:
-    """LPIPS is part of the loss when asked for, and by default with a GAN."""
-    return args.use_perceptual if args.use_perceptual is not None else args.use_gan
+    """LPIPS is part of the loss when asked for (by default with a GAN) with a weight above 0:
+    at weight 0 (e.g. Taming's ``perceptual_weight: 0``) the network would cost a VGG16 pass for nothing."""
+    wanted = args.use_perceptual if args.use_perceptual is not None else args.use_gan
+    return bool(wanted) and args.perceptual_loss_factor > 0
 
 
 class LossCalculator(nn.Module):
