@@ -15,7 +15,8 @@ import numpy as np
 
 from codec.bitstream import CodecError
 from core.atomic_files import atomic_path, atomic_write
-from data_utils.frame_reader import read_image, resize_rgb
+from data_utils.frame_reader import read_image
+from data_utils.geometry import resize_rgb
 from data_utils.files import IMAGE_EXTENSIONS, list_images
 
 DEFAULT_FPS = 25.0  # for image inputs, which have none

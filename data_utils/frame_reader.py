@@ -14,7 +14,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from data_utils.geometry import fit_frame, resize_rgb  # noqa: F401 (resize_rgb: the codec reads frames here)
+from data_utils.geometry import fit_frame
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from models.builders import load_config
 from models.loaders import model_from_checkpoint
 from tests.helpers import tiny_config, write_config
 from train import evaluate_checkpoint as evaluation
-from train.train_custom_videos import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = [os.path.join(ROOT, "param.json"), *sorted(glob.glob(os.path.join(ROOT, "configs", "*.json"))),

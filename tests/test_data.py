@@ -11,8 +11,8 @@ import torch
 from tests.helpers import TINY, merge, sample_clip_path, write_video
 from core.config import ConfigError
 from models.builders import config_from_dict
-from data_utils.frame_reader import read_image, resize_rgb
-from data_utils.geometry import crop_clip, fit_frame
+from data_utils.frame_reader import read_image
+from data_utils.geometry import crop_clip, fit_frame, resize_rgb
 from data_utils.sample_data import sample_image_files, sample_video_files
 from data_utils.datasets import ImageDataset, VideoDataset
 from data_utils.files import compose_shards, list_videos, resolve_data_files, shard_files
