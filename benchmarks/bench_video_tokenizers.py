@@ -12,11 +12,12 @@ loss, Adam) until it has used ``--minutes`` of CPU time in its steps (process CP
 other load on the machine does not change the budget; loading clips is not counted), then
 both are validated on the same clips: PSNR, SSIM, temporal error (mean absolute difference
 of frame-to-frame changes, reconstruction vs original) and codebook usage. ``--repeats``
-runs the pair again with other seeds and reports the spread.
+runs the pair again with other seeds and reports the spread. ``--only NAME`` trains one model
+alone (to try a variant of it without rerunning the other; no headline then).
 
 The last line is the headline: CausalVideoVQ's PSNR minus VqVae2's at equal bpp.
 
-    python benchmarks/bench_video_tokenizers.py [--minutes 3] [--repeats 1] [--threads 1]
+    python benchmarks/bench_video_tokenizers.py [--minutes 3] [--repeats 1] [--threads 1] [--only NAME]
 """
 import argparse
 import logging
@@ -105,13 +106,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="CPU minutes of training steps per model")
     parser.add_argument("--repeats", type=int, default=1, help="runs per model (seeds 1, 2, ...)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--only", choices=list(MODELS), help="train this model alone (no headline)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.INFO)  # the trainers' start-up lines; the table is the report
-    runs = {name: [] for name in MODELS}
+    runs = {name: [] for name in MODELS if args.only in (None, name)}
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(1, args.repeats + 1):
-            for name in MODELS:  # the pair back to back: the machine's state falls on both alike
+            for name in runs:  # the pair back to back: the machine's state falls on both alike
                 runs[name].append(run(name, seed, args.minutes, folder))
                 write(f"{name} seed {seed}: {runs[name][-1]['steps']} steps, PSNR {runs[name][-1]['psnr']:.2f} dB")
     headers = ["model", "compression", "bpp", "params", "steps", "steps/s", "PSNR dB", "PSNR range", "SSIM",
@@ -127,6 +129,8 @@ def main() -> None:
     write(f"{args.minutes:g} CPU minutes of training steps per model ({args.threads} thread(s)), "
           f"{args.repeats} run(s) each; validation on carphone_pristine.mp4, {SEQUENCE}-frame clips at {SIZE}x{SIZE}")
     write(format_table(headers, rows))
+    if len(runs) < len(MODELS):
+        return
     gains = [c["psnr"] - v["psnr"] for c, v in zip(runs["CausalVideoVQ"], runs["VqVae2"])]
     write(f"headline: CausalVideoVQ PSNR - VqVae2 PSNR at equal bpp = {statistics.mean(gains):.2f} dB")
 

@@ -86,10 +86,12 @@ def test_latents_of_a_prefix_equal_the_prefix_of_the_latents(temporal):
                                        rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("spatial", [8, 16])
+@pytest.mark.parametrize("spatial", [4, 8, 16])
 @pytest.mark.parametrize("temporal", [1, 2, 4, 8])
 def test_shapes_for_every_compression_pair(spatial, temporal):
-    ch_mult = [1, 1, 2, 2] if spatial == 8 else [1, 1, 1, 2, 2]
+    if temporal > spatial:
+        pytest.skip("time is halved only at the spatial downsamplings")
+    ch_mult = {4: [1, 2, 2], 8: [1, 1, 2, 2], 16: [1, 1, 1, 2, 2]}[spatial]
     size = 2 * spatial
     adapter = causal_adapter(spatial_compression=spatial, temporal_compression=temporal, ch_mult=ch_mult,
                              sequence_length=1 + temporal, resolution=size)
@@ -168,6 +170,8 @@ def test_config_errors_name_the_key():
         config_from_dict(causal_config(ch_mult=[1, 2]))
     with pytest.raises(ConfigError, match=r"model_args\.temporal_compression = 3"):
         config_from_dict(causal_config(temporal_compression=3))
+    with pytest.raises(ConfigError, match=r"model_args\.temporal_compression = 8: expected at most spatial_comp"):
+        config_from_dict(causal_config(spatial_compression=4, ch_mult=[1, 2, 2], temporal_compression=8))
     with pytest.raises(ConfigError, match=r"model_args\.quantizer"):
         config_from_dict(causal_config(quantizer="pq"))
     with pytest.raises(ConfigError, match=r"model_args\.quantizer\.levels"):

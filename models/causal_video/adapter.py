@@ -34,7 +34,7 @@ class CausalVideoArgs:
                               "nb_res_layers": "num_res_blocks", "ddconfig": "ch, ch_mult, num_res_blocks and "
                               "z_channels", "beta": "commitment_cost"}
 
-    spatial_compression: Literal[8, 16] = 8
+    spatial_compression: Literal[4, 8, 16] = 8
     temporal_compression: Literal[1, 2, 4, 8] = 4
     ch: int = attrs.field(default=64, validator=positive)  # base width
     # width multiplier per resolution: log2(spatial_compression) + 1 entries
@@ -87,6 +87,9 @@ class CausalVideoArgs:
         require(len(self.ch_mult) == levels,
                 f"ch_mult = {self.ch_mult}: expected {levels} entries (log2(spatial_compression "
                 f"{self.spatial_compression}) + 1, one per resolution)")
+        require(self.temporal_compression <= self.spatial_compression,
+                f"temporal_compression = {self.temporal_compression}: expected at most spatial_compression "
+                f"({self.spatial_compression}); time is halved only at the spatial downsamplings")
         require(all(c % self.groups == 0 for c in self.channel_counts),
                 f"num_groups = {self.num_groups}: expected a divisor of every width {self.channel_counts}")
 
