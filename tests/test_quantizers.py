@@ -84,6 +84,7 @@ def test_multi_level_families_take_a_spec_per_level():
 @pytest.mark.parametrize("value, message", [
     ("fs", r"model_args.quantizer.type = 'fs': expected one of 'vq'"),
     ({"type": "fsq", "levels": [1, 8]}, r"model_args.quantizer.levels = \[1, 8\]: expected a list of 1 to 16"),
+    ({"type": "fsq", "levels": [2, 2, 2]}, r"model_args.quantizer.levels = \[2, 2, 2\]: .*use lfq"),
     ({"type": "fsq", "rotation_trick": True}, r"model_args.quantizer.rotation_trick = True: not an option of 'fsq'"),
     ({"type": "vq", "levles": [8]}, r"model_args.quantizer.levles: unknown key"),
     ({"levels": [8]}, r"model_args.quantizer.type: required key is missing"),

@@ -30,8 +30,9 @@ OPTIONS = {
     "simvq": {"rotation_trick", "commitment_loss_weight"},
 }
 
-_LEVELS = check(lambda v: 1 <= len(v) <= 16 and all(2 <= level <= 64 for level in v),
-                "a list of 1 to 16 integers in [2, 64]")
+# 2 is left out: the library bounds a 2-level channel only in its symmetric mode (use lfq for bits)
+_LEVELS = check(lambda v: 1 <= len(v) <= 16 and all(3 <= level <= 64 for level in v),
+                "a list of 1 to 16 integers in [3, 64] (for 2 levels per channel use lfq)")
 
 
 @attrs.frozen
