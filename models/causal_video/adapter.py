@@ -19,13 +19,13 @@ from models.causal_video.inflation import inflate_state_dict
 from models.causal_video.model import CausalVideoVQ
 from models.quantizers import FamilySettings, QuantizerSpec, build_quantizers, fsq_levels, lfq_bits
 from models.quantizers import spec_field
-from models.taming.adapter import default_num_groups
+from models.taming.adapter import GroupNormWidths
 
 DEFAULT_QUANTIZER = QuantizerSpec("fsq")  # levels from vocab_size: 4096 -> [8, 8, 8, 8]
 
 
 @attrs.frozen
-class CausalVideoArgs:
+class CausalVideoArgs(GroupNormWidths):
     """``model_args`` of CausalVideoVQ; the field names are the JSON keys."""
 
     # keys of other families -> what this one uses instead (they are ignored with a warning)
@@ -59,14 +59,6 @@ class CausalVideoArgs:
     quantizer: Union[None, str, dict] = attrs.field(default=None, converter=spec_field)
 
     @property
-    def channel_counts(self) -> list:
-        return sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
-
-    @property
-    def groups(self) -> int:
-        return self.num_groups or default_num_groups(self.channel_counts)
-
-    @property
     def quantizer_spec(self) -> QuantizerSpec:
         return self.quantizer or DEFAULT_QUANTIZER
 
@@ -90,8 +82,7 @@ class CausalVideoArgs:
         require(self.temporal_compression <= self.spatial_compression,
                 f"temporal_compression = {self.temporal_compression}: expected at most spatial_compression "
                 f"({self.spatial_compression}); time is halved only at the spatial downsamplings")
-        require(all(c % self.groups == 0 for c in self.channel_counts),
-                f"num_groups = {self.num_groups}: expected a divisor of every width {self.channel_counts}")
+        self.check_groups()
 
 
 def build_model(args: CausalVideoArgs) -> CausalVideoVQ:

@@ -42,8 +42,24 @@ def default_num_groups(channel_counts: list) -> int:
     return max(g for g in range(1, 33) if common % g == 0)
 
 
+class GroupNormWidths:
+    """The GroupNorm groups of a model made of ``ch * m`` wide layers (``ch``, ``ch_mult``, ``num_groups``)."""
+
+    @property
+    def channel_counts(self) -> list:
+        return sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
+
+    @property
+    def groups(self) -> int:
+        return self.num_groups or default_num_groups(self.channel_counts)
+
+    def check_groups(self) -> None:
+        require(all(c % self.groups == 0 for c in self.channel_counts),
+                f"num_groups = {self.num_groups}: expected a divisor of every width {self.channel_counts}")
+
+
 @attrs.frozen
-class TamingDDConfig:
+class TamingDDConfig(GroupNormWidths):
     """Upstream's ``ddconfig`` (Encoder/Decoder), defaults of the f16 ImageNet releases."""
 
     ch: int = attrs.field(default=128, validator=positive)
@@ -59,17 +75,8 @@ class TamingDDConfig:
     # GroupNorm groups; null: 32 as upstream, fewer when the widths of a tiny model need it
     num_groups: Optional[int] = attrs.field(default=None, validator=positive)
 
-    @property
-    def channel_counts(self) -> list:
-        return sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
-
-    @property
-    def groups(self) -> int:
-        return self.num_groups or default_num_groups(self.channel_counts)
-
     def __attrs_post_init__(self):
-        require(all(c % self.groups == 0 for c in self.channel_counts),
-                f"num_groups = {self.num_groups}: expected a divisor of every width {self.channel_counts}")
+        self.check_groups()
         require(self.in_channels == self.out_ch,
                 f"out_ch = {self.out_ch}: expected in_channels ({self.in_channels}), the reconstruction is compared with the input")
 
