@@ -78,7 +78,7 @@ def test_bf16_step_keeps_quantizer_and_losses_in_fp32(tmp_path, clips, monkeypat
     finally:
         hook.remove()
 
-    assert logs is not None and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert logs is not None and all(torch.isfinite(torch.as_tensor(v)) for v in logs.values())
     # autocast is really on: the encoder hands the quantizer bf16, the decoder returns bf16 ...
     assert seen["quantizer_in"] == torch.bfloat16 and seen["recon"] == torch.bfloat16
     # ... yet the quantizer measures distances, and the losses reduce, in fp32
