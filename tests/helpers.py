@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs on the built-in clips, and synthetic files for hostile-input tests."""
 import json
 import os
+import socket
 
 import cv2
 import numpy as np
@@ -86,3 +87,16 @@ def train_steps(adapter, x, steps, lr=3e-3):
         optimizer.step()
         history.append(out)
     return history
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on, for a test's process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def set_rank_env(rank: int, port: int, world_size: int) -> None:
+    """The environment torchrun gives rank ``rank`` of ``world_size`` on this machine."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))

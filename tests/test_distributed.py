@@ -6,15 +6,13 @@ of fixed global batches. With mean-reduced losses and no BatchNorm, DDP's averag
 gradient is the full batch's gradient, and the EMA codebook statistics are all-reduced
 as sums, so both ranks must end where one process on the full batches ends.
 """
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import merge, sample_clip_path, tiny_config
+from tests.helpers import free_port, merge, sample_clip_path, set_rank_env, tiny_config
 from core.checkpoint import list_checkpoints
 from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
@@ -91,8 +89,7 @@ def train_run(data: dict, batches: list, seeded_codebook: bool = False) -> dict:
 
 
 def _rank_worker(rank: int, port: int, tmp_path, global_batches: list) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD_SIZE))
+    set_rank_env(rank, port, WORLD_SIZE)
     torch.set_num_threads(1)
     mine = [clips.chunk(WORLD_SIZE)[rank] for clips in global_batches]
     try:
@@ -102,12 +99,6 @@ def _rank_worker(rank: int, port: int, tmp_path, global_batches: list) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

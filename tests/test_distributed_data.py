@@ -5,15 +5,13 @@ process group from torchrun's environment variables and builds the training load
 video, fewer files than ranks: once with the design document's explicit ``shard_id: 0,
 num_shards: 1`` and once with the shards left to their defaults.
 """
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import sample_clip_path, tiny_config
+from tests.helpers import free_port, sample_clip_path, set_rank_env, tiny_config
 from models.builders import config_from_dict
 from train.train_custom_videos import build_trainer
 
@@ -26,8 +24,7 @@ RUNS = {
 
 
 def _rank_worker(rank: int, port: int, tmp_path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD_SIZE))
+    set_rank_env(rank, port, WORLD_SIZE)
     torch.set_num_threads(1)
     try:
         for run, shards in RUNS.items():
@@ -43,12 +40,6 @@ def _rank_worker(rank: int, port: int, tmp_path) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
