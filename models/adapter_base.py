@@ -83,9 +83,9 @@ class BaseVqVaeAdapter(nn.Module, metaclass=abc.ABCMeta):
         """Weight of the decoder's final layer (for the adaptive GAN weight)."""
 
     @property
+    @abc.abstractmethod
     def quantizers(self) -> list:
         """The quantizer of each level (bottom level first), ``models.quantizers.Quantizer`` instances."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its quantizers")
 
     @property
     def vocab_sizes(self) -> list:

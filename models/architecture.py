@@ -43,14 +43,10 @@ def rate_summary(model, input_shape: tuple) -> dict:
     vocab_sizes = list(model.vocab_sizes)
     bits = sum(math.prod(shape) * math.log2(vocab) for shape, vocab in zip(shapes, vocab_sizes))
     bits_per_frame = bits / frames
-    try:
-        quantizers = [quantizer.describe() for quantizer in model.quantizers]
-    except NotImplementedError:
-        quantizers = []
     return {
         "temporal_factor": model.temporal_factor,
         "spatial_factor": model.spatial_factor,
-        "quantizers": quantizers,
+        "quantizers": [quantizer.describe() for quantizer in model.quantizers],
         "latent_shapes": shapes,
         "vocab_sizes": vocab_sizes,
         "bits_per_frame": bits_per_frame,

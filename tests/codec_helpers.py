@@ -119,6 +119,10 @@ class FakeResidualAdapter(BaseVqVaeAdapter):
         return self.model.decoder.weight
 
     @property
+    def quantizers(self) -> list:
+        return []  # a hand-made lookup, no quantizer modules: its alphabet is given below
+
+    @property
     def vocab_sizes(self) -> list:
         return [self.vocab]
 

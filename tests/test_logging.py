@@ -238,6 +238,10 @@ class TinyAdapter(BaseVqVaeAdapter):
         return self.model.decoder.weight
 
     @property
+    def quantizers(self) -> list:
+        return []  # a hand-made lookup, no quantizer modules: its alphabet is given below
+
+    @property
     def vocab_sizes(self):
         return [8]
 

@@ -6,6 +6,7 @@ A latent is ``(b, dim, *spatial)`` with any number of spatial axes (2-D frames, 
 (vectors of indices). Indices come back as ``(b, *spatial)``, or ``(b, depth, *spatial)``
 for quantizers with several indices per vector (residual VQ).
 """
+import abc
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ class QuantizerResult(NamedTuple):
     stats: dict  # scalar device tensors: perplexity, codes_used, restarts
 
 
-class Quantizer(nn.Module):
+class Quantizer(nn.Module, metaclass=abc.ABCMeta):
     """Base of every quantizer. The math runs in fp32, also under bf16/fp16 autocast.
 
     Only a training-mode forward with autograd on changes state (codebook statistics,
@@ -47,17 +48,17 @@ class Quantizer(nn.Module):
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
     # -- what subclasses implement ---------------------------------------------------
+    @abc.abstractmethod
     def quantize_rows(self, rows: torch.Tensor, updating: bool) -> tuple:
         """``rows`` ``(N, dim)`` -> ``(quantized (N, dim), loss, indices (N,) or (N, depth), extra stats)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def assign(self, rows: torch.Tensor) -> torch.Tensor:
         """Indices of ``rows``; changes no state."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def embed(self, indices: torch.Tensor) -> torch.Tensor:
         """Vectors ``(N, dim)`` of indices ``(N,)`` or ``(N, depth)``."""
-        raise NotImplementedError
 
     # -- the contract ----------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> QuantizerResult:

@@ -4,6 +4,8 @@ k-means is vector-quantize-pytorch's own (``kmeans``), given this package's DDP 
 its starting codes are rank 0's sample broadcast, its counts and means all-reduced, so
 every rank starts from the same codebook.
 """
+import abc
+
 import torch
 from vector_quantize_pytorch.vector_quantize_pytorch import batched_sample_vectors, kmeans
 
@@ -24,7 +26,7 @@ def initial_codes(vectors: torch.Tensor, vocab_size: int, use_kmeans: bool, cosi
     return means[0]
 
 
-class InitFromData:
+class InitFromData(abc.ABC):
     """Mixin: the codebook starts from the first training batch (``initialized`` says it did).
 
     Whether that happened is kept on the Python side too, so that a training step reads
@@ -46,8 +48,9 @@ class InitFromData:
         self.set_initial_codes(initial_codes(vectors, self.vocab_size, use_kmeans, cosine))
         self.initialized.fill_(True)
 
+    @abc.abstractmethod
     def set_initial_codes(self, codes: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Write ``codes`` ``(K, D)`` as the codebook (and whatever statistics start from it)."""
 
     def after_load(self) -> None:
         self._init_pending = self.init_from_data
