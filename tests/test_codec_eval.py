@@ -35,15 +35,6 @@ def tiny_checkpoint(directory) -> str:
                            os.path.join(str(directory), "tiny.pth.tar"))
 
 
-@pytest.fixture
-def empty_hub(tmp_path):
-    """No VGG16 weights in the torch hub cache, wherever the tests run."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path
-    torch.hub.set_dir(previous)
-
-
 def random_vgg16_file(directory) -> str:
     """A torchvision-style VGG16 ``features.*`` weights file with random values (no download)."""
     torch.manual_seed(1)

@@ -283,14 +283,6 @@ def test_lpips_loads_vgg16_weights_from_the_configured_file(tmp_path):
     assert torch.equal(calc.perceptual_loss.net.slice5.get_submodule("28").weight, features["28.weight"])
 
 
-@pytest.fixture
-def empty_hub(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path
-    torch.hub.set_dir(previous)
-
-
 def test_missing_vgg_weights_stop_construction_with_one_line(empty_hub):
     with pytest.raises(WeightsMissingError) as err:
         plain_calculator(use_gan=True, disc_start=0, disc_ndf=8, disc_layers=2)
