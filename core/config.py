@@ -26,6 +26,7 @@ from core.config_schema import (
     open_unit,
     positive,
     require,
+    shown_key,
     structure,
     unknown_keys,
     unknown_keys_error,
@@ -281,7 +282,7 @@ def _sort_keys(data: dict, family_of: FamilyLookup, families: Mapping[str, Model
                 continue
             other = next((name for name, f in families.items() if key in config_keys(f.args_class)), None)
             if other is None:
-                found.append((f"model_args.{key}", closest_key(str(key), own), own))
+                found.append((shown_key(key, "model_args"), closest_key(str(key), own), own))
                 continue
             instead = f"use {instead_of[key]} instead" if key in instead_of else "it has no such setting"
             ignored.append(f"model_args.{key} is a {other} key: ignored by {model_type} ({instead})")

@@ -128,7 +128,7 @@ def closest_key(key: str, valid: list) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _shown_key(key: Any, path: str) -> str:
+def shown_key(key: Any, path: str) -> str:
     shown = key if isinstance(key, str) and key.isprintable() else repr(key)
     return f"{path}.{shown}" if path else shown
 
@@ -159,11 +159,11 @@ def unknown_keys(cls: type, data: Any, path: str) -> list:
     found = []
     for key, value in data.items():
         if key not in valid:
-            found.append((_shown_key(key, path), closest_key(str(key), valid), valid))
+            found.append((shown_key(key, path), closest_key(str(key), valid), valid))
             continue
         nested = _attrs_type(hints.get(key)) if key in hints else None
         if nested is not None:
-            found += unknown_keys(nested, value, _shown_key(key, path))
+            found += unknown_keys(nested, value, shown_key(key, path))
     return found
 
 
@@ -190,8 +190,8 @@ def _move_aliases(cls: type, data: dict, path: str) -> dict:
         if not isinstance(nested, dict):
             continue  # the nested object's own error names it
         if tail in nested and nested[tail] != data[alias]:
-            raise ConfigError(f"{_shown_key(alias, path)} = {data[alias]!r} disagrees with "
-                              f"{_shown_key(target, path)} = {nested[tail]!r}: set one of them")
+            raise ConfigError(f"{shown_key(alias, path)} = {data[alias]!r} disagrees with "
+                              f"{shown_key(target, path)} = {nested[tail]!r}: set one of them")
         nested[tail] = data[alias]
         out[head] = nested
     return out
@@ -204,7 +204,7 @@ def structure(cls: type, data: Any, path: str) -> Any:
     fields = attrs.fields_dict(cls)
     hints = typing.get_type_hints(cls)
     public = [name for name, f in fields.items() if f.init and not name.startswith("_")]
-    found = [(_shown_key(key, path), closest_key(str(key), public), public)
+    found = [(shown_key(key, path), closest_key(str(key), public), public)
              for key in data if key not in config_keys(cls)]
     if found:
         raise unknown_keys_error(found)

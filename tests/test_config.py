@@ -114,6 +114,15 @@ def test_input_and_output_channels_are_tamings_ddconfig_channels():
         config_from_dict(data)
 
 
+def test_an_unknown_model_args_key_with_a_line_break_is_shown_on_one_line():
+    """Found by the config fuzz test: ``{"\\n": null}`` in model_args gave a two-line error."""
+    data = json.load(open("param.json"))
+    data["model_args"]["\n"] = None
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="param.json")
+    assert "\n" not in str(err.value) and "model_args.'\\n'" in str(err.value)
+
+
 def test_every_unknown_key_is_named_in_one_error():
     data = merge(TINY, {"train_args": {"learnig_rate": 1.0}, "data_args": {"batchsize": 2},
                         "model_args": {"no_such_key": 1}})
